@@ -1,0 +1,65 @@
+"""`orchard`: the command-line entry point. One module per subcommand registers its parser.
+
+Errors a user can cause (`OrchardError`) print as one line and exit 1; `--debug` shows the
+traceback instead. Anything else is a bug and always shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from app import run as run_command
+
+SUBCOMMANDS = [run_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchard", description="Fast local LLMs on Apple Silicon (MLX): chat, run, convert, bench."
+    )
+    parser.add_argument("--version", action="version", version=f"orchard {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("orchard")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from mlxmodels.errors import OrchardError
+
+    try:
+        return args.handler(args) or 0
+    except OrchardError as e:
+        if args.debug:
+            raise
+        print(f"orchard: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\norchard: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # e.g. `orchard run ... | head`: the reader left; not an error worth a traceback.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

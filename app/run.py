@@ -1,0 +1,80 @@
+"""`orchard run`: answer one prompt, streaming the completion to stdout and the stats to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app.options import add_model_option, add_sampling_options, sampling_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="answer one prompt", description=__doc__)
+    add_model_option(p)
+    p.add_argument("--prompt", "-p", required=True, help="the prompt; '-' reads it from stdin")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--max-tokens", type=int, default=512, help="most tokens to generate (default 512)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
+    p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
+    p.add_argument("--quiet", "-q", action="store_true", help="no stats on stderr")
+    add_sampling_options(p)
+    p.set_defaults(handler=handle)
+
+
+def _status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _prefill_progress(done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\rprefill {done}/{total} tokens", end="", file=sys.stderr, flush=True)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from mlxmodels import load, stream_generate
+    from mlxmodels.errors import OrchardError
+    from mlxmodels.prompt import format_messages, generation_defaults, has_chat_template
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise OrchardError("the prompt is empty")
+    if args.max_tokens < 1:
+        raise OrchardError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+
+    model, tokenizer = load(args.model, progress=_status)
+    sampling = sampling_from_args(args, generation_defaults(model.info.path) if model.info.path.is_dir() else {})
+
+    if args.no_chat_template:
+        text = prompt if args.system is None else f"{args.system}\n\n{prompt}"
+    else:
+        if not has_chat_template(tokenizer) and not args.quiet:
+            _status("orchard: note: the model has no chat template; sending a plain transcript")
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        text = format_messages(tokenizer, messages)
+
+    stats = None
+    for chunk in stream_generate(
+        model, tokenizer, text, max_tokens=args.max_tokens, sampling=sampling, stop=args.stop,
+        on_prefill_progress=_prefill_progress,
+    ):
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        stats = chunk.stats or stats
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if not args.quiet:
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr)
+        _status(format_stats(stats))
+    return 0
+
+
+def format_stats(s) -> str:
+    return (
+        f"prompt: {s.prompt_tokens} tokens, {s.prompt_tps:.1f} tok/s | "
+        f"first token: {s.ttft:.2f} s | "
+        f"generation: {s.generation_tokens} tokens, {s.generation_tps:.1f} tok/s | "
+        f"peak memory: {s.peak_memory_gb:.2f} GB | stop: {s.finish_reason}"
+    )

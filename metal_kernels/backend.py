@@ -1,0 +1,30 @@
+"""Which MLX backend runs our arrays, and the compute dtype that suits it."""
+
+from functools import lru_cache
+
+import mlx.core as mx
+
+
+@lru_cache(maxsize=1)
+def backend_name() -> str:
+    """'metal', 'cuda' or 'cpu': where MLX's default device runs."""
+    if mx.default_device() == mx.cpu:
+        return "cpu"
+    if mx.metal.is_available():
+        return "metal"
+    cuda = getattr(mx, "cuda", None)
+    if cuda is not None and cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def compute_dtype_for(checkpoint_dtype: mx.Dtype) -> mx.Dtype:
+    """The dtype to compute in for a checkpoint stored as `checkpoint_dtype`.
+
+    GPUs keep the checkpoint's dtype (half-precision kernels are their fast path). MLX's CPU
+    backend is the opposite: its fp16/bf16 kernels are scalar fallbacks, ~40x slower than fp32 for
+    a 4-bit matvec, so on the CPU everything floating is computed in float32.
+    """
+    if backend_name() == "cpu":
+        return mx.float32
+    return checkpoint_dtype

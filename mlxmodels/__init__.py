@@ -1,0 +1,23 @@
+"""Orchard's MLX engine: model families, loading, caches, sampling and generation.
+
+    model, tokenizer = mlxmodels.load("qwen3-0.6b")      # or a path, a .gguf, a repo id, None
+    for chunk in mlxmodels.stream_generate(model, tokenizer, "Hello"):
+        print(chunk.text, end="")
+"""
+
+from mlxmodels.api import load, load_model, make_cache
+from mlxmodels.errors import OrchardError
+from mlxmodels.generate import GenerationChunk, GenerationStats, generate, stream_generate
+from mlxmodels.sampling import SamplingParams
+
+__all__ = [
+    "GenerationChunk",
+    "GenerationStats",
+    "OrchardError",
+    "SamplingParams",
+    "generate",
+    "load",
+    "load_model",
+    "make_cache",
+    "stream_generate",
+]

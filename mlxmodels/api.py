@@ -1,0 +1,42 @@
+"""The engine's front door: model references in, (model, tokenizer) out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlxmodels.loading import load_model as _load_path
+from mlxmodels.resolve import resolve
+from mlxmodels.tokenizer import load_gguf_tokenizer, load_tokenizer
+
+
+def load_model(reference, dtype=None):
+    """The model alone (no tokenizer needed) for a directory, .gguf file, catalog name or repo id."""
+    return _load_path(resolve(str(reference)), dtype)
+
+
+def load(reference=None, dtype=None, progress=None):
+    """(model, tokenizer) for any model reference; None means the default model."""
+    path = resolve(None if reference is None else str(reference), progress=progress)
+    if path.is_file():  # a .gguf: model and tokenizer come from the same metadata
+        from mlxmodels.gguf import read_gguf
+        from mlxmodels.loading import assemble
+
+        gguf = read_gguf(path)
+        model = assemble(gguf.config, gguf.weights, {}, path, dtype)
+        return model, load_gguf_tokenizer(gguf.tokenizer_metadata, path)
+    model = _load_path(path, dtype)
+    tokenizer = load_tokenizer(Path(path), eos_token_ids=_config_eos(model.info.config))
+    return model, tokenizer
+
+
+def _config_eos(config: dict):
+    """Extra end-of-sequence ids from config.json (Llama 3 lists several)."""
+    eos = config.get("eos_token_id")
+    if eos is None:
+        return None
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def make_cache(model) -> list:
+    """A fresh per-layer cache for `model(tokens, cache=...)`."""
+    return model.make_cache()

@@ -1,0 +1,192 @@
+"""Per-layer caches with one interface for every layer kind.
+
+A model's cache is a list with one object per layer. Every cache object offers:
+
+- `offset`: how many tokens the layer has seen (the position of the next token);
+- `update_and_fetch(keys, values)`: store the new step's keys/values, return what attention reads;
+- `mask(L)`: the attention mask for the `L` queries just stored (None, "causal" or a bool array);
+- `can_trim(n)` / `trim(n)`: rewind the last `n` tokens, so a chat can reuse a cached prefix;
+- `copy()`: an independent snapshot, for caches that cannot rewind far enough (sliding windows, and
+  recurrent state once it exists).
+
+The helpers at the bottom apply an operation to a whole model's cache at once.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+
+def window_mask(offset: int, queries: int, keys: int, window: int | None) -> mx.array:
+    """Bool mask [queries, keys] for queries at positions offset-queries..offset-1 attending keys at
+    positions offset-keys..offset-1: causal, and within `window` positions (itself included)."""
+    q_pos = mx.arange(offset - queries, offset)[:, None]
+    k_pos = mx.arange(offset - keys, offset)[None, :]
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed = allowed & (q_pos - k_pos < window)
+    return allowed
+
+
+def _grow(buffer: mx.array | None, used: int, needed: int, step: int, like: mx.array) -> mx.array:
+    """A buffer holding the first `used` entries of `buffer` with room for `needed` in total."""
+    capacity = ((needed + step - 1) // step) * step
+    B, H, _, D = like.shape
+    fresh = mx.zeros((B, H, capacity, D), dtype=like.dtype)
+    if buffer is not None and used > 0:
+        fresh[..., :used, :] = buffer[..., :used, :]
+    return fresh
+
+
+class KVCache:
+    """Keys and values of every position, in buffers that grow `step` tokens at a time."""
+
+    step = 256
+
+    def __init__(self):
+        self.keys = self.values = None
+        self.offset = 0
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        L = keys.shape[2]
+        if self.keys is None or self.offset + L > self.keys.shape[2]:
+            self.keys = _grow(self.keys, self.offset, self.offset + L, self.step, keys)
+            self.values = _grow(self.values, self.offset, self.offset + L, self.step, values)
+        self.keys[..., self.offset : self.offset + L, :] = keys
+        self.values[..., self.offset : self.offset + L, :] = values
+        self.offset += L
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+    def mask(self, L: int):
+        return None if L == 1 else "causal"
+
+    def can_trim(self, n: int) -> bool:
+        return 0 <= n <= self.offset
+
+    def trim(self, n: int) -> int:
+        n = max(0, min(n, self.offset))
+        self.offset -= n
+        return n
+
+    @property
+    def state(self) -> list:
+        return [] if self.keys is None else [self.keys, self.values]
+
+    def copy(self) -> "KVCache":
+        clone = KVCache()
+        clone.offset = self.offset
+        if self.keys is not None:
+            clone.keys = self.keys[..., : self.offset, :]
+            clone.values = self.values[..., : self.offset, :]
+        return clone
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+class RotatingKVCache:
+    """Keys and values for a sliding-window layer: only the last `window` positions matter.
+
+    Entries stay in time order (no ring arithmetic, so masks stay simple). The buffer keeps up to
+    `window - 1 + step` past tokens; when it fills, the useful tail is moved to the front, a copy
+    amortised over `step` tokens. The spare history lets a chat rewind up to about `step` tokens.
+    """
+
+    step = 256
+
+    def __init__(self, window: int):
+        self.window = window
+        self.keys = self.values = None
+        self.offset = 0  # tokens seen
+        self.count = 0  # tokens held in the buffer, the newest at index count - 1
+        self._attended = 0  # keys returned by the last update (for its mask)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        L = keys.shape[2]
+        if self.keys is None or self.count + L > self.keys.shape[2]:
+            keep = min(self.count, self.window - 1 + self.step)
+            drop = self.count - keep
+            self.keys = self._compact(self.keys, drop, keep, L, keys)
+            self.values = self._compact(self.values, drop, keep, L, values)
+            self.count = keep
+        self.keys[..., self.count : self.count + L, :] = keys
+        self.values[..., self.count : self.count + L, :] = values
+        self.count += L
+        self.offset += L
+        # The oldest of the new queries looks back window - 1 positions; older keys are dead.
+        self._attended = min(self.count, self.window - 1 + L)
+        start = self.count - self._attended
+        return self.keys[..., start : self.count, :], self.values[..., start : self.count, :]
+
+    def _compact(self, buffer, drop: int, keep: int, incoming: int, like: mx.array) -> mx.array:
+        capacity = keep + incoming + self.step
+        B, H, _, D = like.shape
+        fresh = mx.zeros((B, H, capacity, D), dtype=like.dtype)
+        if buffer is not None and keep > 0:
+            fresh[..., :keep, :] = buffer[..., drop : drop + keep, :]
+        return fresh
+
+    def mask(self, L: int):
+        if L == 1:
+            return None  # at most `window` keys were returned: all visible
+        return window_mask(self.offset, L, self._attended, self.window)
+
+    def can_trim(self, n: int) -> bool:
+        if n < 0 or n > self.offset:
+            return False
+        # After rewinding, the next token must still see its window - 1 predecessors.
+        return self.count - n >= min(self.offset - n, self.window - 1)
+
+    def trim(self, n: int) -> int:
+        if not self.can_trim(n):
+            return 0
+        self.count -= n
+        self.offset -= n
+        return n
+
+    @property
+    def state(self) -> list:
+        return [] if self.keys is None else [self.keys, self.values]
+
+    def copy(self) -> "RotatingKVCache":
+        clone = RotatingKVCache(self.window)
+        clone.offset, clone.count = self.offset, self.count
+        if self.keys is not None:
+            clone.keys = self.keys[..., : self.count, :]
+            clone.values = self.values[..., : self.count, :]
+        return clone
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+def cache_offset(cache: list) -> int:
+    return cache[0].offset if cache else 0
+
+
+def can_trim_cache(cache: list, n: int) -> bool:
+    return all(layer.can_trim(n) for layer in cache)
+
+
+def trim_cache(cache: list, n: int) -> bool:
+    """Rewind every layer by `n` tokens, or none of them if any layer cannot."""
+    if not can_trim_cache(cache, n):
+        return False
+    for layer in cache:
+        layer.trim(n)
+    return True
+
+
+def cache_state(cache: list) -> list:
+    """Every array the cache holds, e.g. to evaluate them between prefill chunks."""
+    return [a for layer in cache for a in layer.state]
+
+
+def copy_cache(cache: list) -> list:
+    return [layer.copy() for layer in cache]
+
+
+def cache_nbytes(cache: list) -> int:
+    return sum(layer.nbytes for layer in cache)

@@ -1,0 +1,127 @@
+"""Rotary position embeddings with every scaling scheme the supported configs ask for.
+
+Each scheme reduces to what `mx.fast.rope` takes: a base (or explicit per-pair periods), a position
+scale, and for YaRN a magnitude factor applied to q and k. The formulas follow the papers and the
+Hugging Face reference (`modeling_rope_utils`), which the parity fixtures check.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxmodels.errors import ConfigError
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "frequency_factors")
+# "frequency_factors" is not a Hugging Face type: it is how GGUF files store Llama 3.1's scaling
+# (a `rope_freqs` tensor of per-frequency divisors), carried through our in-memory config.
+
+
+def _inverse_frequencies(dims: int, base: float) -> mx.array:
+    return 1.0 / (base ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims))
+
+
+def _llama3_inverse_frequencies(dims: int, base: float, p: dict) -> mx.array:
+    """Llama 3.1: long wavelengths divided by `factor`, short ones kept, a smooth blend between."""
+    factor = p["factor"]
+    low, high = p.get("low_freq_factor", 1.0), p.get("high_freq_factor", 4.0)
+    original = p["original_max_position_embeddings"]
+    inv = _inverse_frequencies(dims, base)
+    wavelen = 2 * math.pi / inv
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * inv / factor + smooth * inv
+    scaled = mx.where(wavelen > original / low, inv / factor, inv)
+    is_medium = (wavelen <= original / low) & (wavelen >= original / high)
+    return mx.where(is_medium, blended, scaled)
+
+
+def _yarn(dims: int, base: float, p: dict, max_positions: int) -> tuple[mx.array, float]:
+    """YaRN: per-dimension blend of interpolated and extrapolated frequencies, plus an attention factor."""
+    original = p.get("original_max_position_embeddings") or max_positions
+    factor = p.get("factor") or max_positions / original
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:
+        if p.get("mscale") and p.get("mscale_all_dim"):
+            attention_factor = mscale(factor, p["mscale"]) / mscale(factor, p["mscale_all_dim"])
+        else:
+            attention_factor = mscale(factor)
+    beta_fast, beta_slow = p.get("beta_fast") or 32, p.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return dims * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if p.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dims - 1)
+    if low == high:
+        high += 0.001  # avoid a zero-width ramp
+    ramp = mx.clip((mx.arange(dims // 2, dtype=mx.float32) - low) / (high - low), 0, 1)
+    extrapolated = _inverse_frequencies(dims, base)
+    interpolated = extrapolated / factor
+    keep = 1 - ramp  # 1 where the original (extrapolated) frequency is kept
+    return interpolated * (1 - keep) + extrapolated * keep, float(attention_factor)
+
+
+class RoPE(nn.Module):
+    """Rotates the first `dims` features of q or k ([B, heads, L, head_dim]) by position."""
+
+    def __init__(self, dims: int, params: dict, max_position_embeddings: int, traditional: bool = False):
+        super().__init__()
+        self.dims = dims
+        self.traditional = traditional
+        self.rope_type = params["rope_type"]
+        self.base = params["rope_theta"]
+        self.scale = 1.0
+        self.magnitude = 1.0
+        self._periods = None
+        self.max_positions = max_position_embeddings
+        kind = self.rope_type
+        if kind not in SUPPORTED_ROPE_TYPES:
+            raise ConfigError(
+                f"unsupported rope type '{kind}' (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+            )
+        needs_factor = kind in ("linear", "dynamic", "llama3")
+        if needs_factor and not isinstance(params.get("factor"), (int, float)):
+            raise ConfigError(f"rope scaling '{kind}' needs a numeric 'factor'")
+        if kind == "llama3" and "original_max_position_embeddings" not in params:
+            raise ConfigError("rope scaling 'llama3' needs 'original_max_position_embeddings'")
+        self.factor = float(params.get("factor") or 1.0)
+        if kind == "linear":
+            self.scale = 1.0 / self.factor
+        elif kind == "llama3":
+            self._periods = 1.0 / _llama3_inverse_frequencies(dims, self.base, params)
+        elif kind == "frequency_factors":
+            self._periods = mx.array(params["factors"], dtype=mx.float32) / _inverse_frequencies(dims, self.base)
+        elif kind == "yarn":
+            inv, self.magnitude = _yarn(dims, self.base, params, max_position_embeddings)
+            self._periods = 1.0 / inv
+
+    def _dynamic_base(self, length: int) -> float:
+        """Dynamic NTK: past the trained length the base grows with the length seen so far."""
+        if length <= self.max_positions:
+            return self.base
+        stretch = self.factor * length / self.max_positions - (self.factor - 1)
+        return self.base * stretch ** (self.dims / (self.dims - 2))
+
+    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+        if self.magnitude != 1.0:  # YaRN scales the rotated features (cos and sin) only
+            if self.dims == x.shape[-1]:
+                x = x * self.magnitude
+            else:
+                x = mx.concatenate([x[..., : self.dims] * self.magnitude, x[..., self.dims :]], axis=-1)
+        if self._periods is not None:
+            return mx.fast.rope(
+                x, self.dims, traditional=self.traditional, base=None, scale=1.0,
+                offset=offset, freqs=self._periods,
+            )
+        base = self._dynamic_base(offset + x.shape[-2]) if self.rope_type == "dynamic" else self.base
+        return mx.fast.rope(
+            x, self.dims, traditional=self.traditional, base=base, scale=self.scale, offset=offset
+        )

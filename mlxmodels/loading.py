@@ -1,0 +1,122 @@
+"""From files on disk to a ready model: config → family → (quantized) modules → weights → dtype.
+
+`load_model` takes a local model directory or a `.gguf` file. Turning a user's model reference
+(hub id, catalog name, nothing) into such a path is `resolve.py`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from metal_kernels import backend_name, compute_dtype_for
+from mlxmodels.config import read_config
+from mlxmodels.errors import ConfigError, ModelNotFoundError
+from mlxmodels.models import build_model
+from mlxmodels.weights import check_against_model, read_weights
+
+
+@dataclass
+class ModelInfo:
+    """What a loaded model is, for status bars, stats and benchmarks."""
+
+    path: Path
+    config: dict
+    model_type: str
+    quantization: dict | None
+    checkpoint_dtype: str
+    compute_dtype: str
+    backend: str
+    context_length: int
+
+
+def quantization_settings(config: dict) -> dict | None:
+    """mlx-lm's `quantization` block (`quantization_config` is its older alias)."""
+    q = config.get("quantization") or config.get("quantization_config")
+    if q is None:
+        return None
+    if not isinstance(q, dict) or "group_size" not in q or "bits" not in q:
+        # e.g. a GPTQ/AWQ `quantization_config`: not a format MLX computes with.
+        method = q.get("quant_method", "unknown") if isinstance(q, dict) else q
+        raise ConfigError(
+            f"{config.get('_source', 'config.json')}: unsupported quantization '{method}' "
+            "(expected MLX's 'quantization' with 'group_size' and 'bits')"
+        )
+    return q
+
+
+def apply_quantization(model: nn.Module, q: dict, weights: dict) -> None:
+    """Swap in quantized layers wherever the checkpoint stores quantized tensors.
+
+    Per-layer entries (`"model.layers.0.mlp.down_proj": {"bits": 8, ...}` or `false`), as mlx-lm
+    writes them for mixed recipes, override the defaults.
+    """
+
+    def predicate(path: str, module: nn.Module):
+        override = q.get(path)
+        if override is False:
+            return False
+        if not hasattr(module, "to_quantized") or f"{path}.scales" not in weights:
+            return False
+        return override if isinstance(override, dict) else True
+
+    nn.quantize(
+        model,
+        group_size=q["group_size"],
+        bits=q["bits"],
+        mode=q.get("mode", "affine"),
+        class_predicate=predicate,
+    )
+
+
+def _floating_dtype(weights: dict) -> mx.Dtype:
+    for value in weights.values():
+        if mx.issubdtype(value.dtype, mx.floating):
+            return value.dtype
+    return mx.float32
+
+
+def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.Dtype | None = None):
+    """Build the family's model from `config`, load `weights` into it and apply the dtype policy."""
+    model = build_model(config)
+    weights = model.sanitize(weights)
+    quantization = quantization_settings(config)
+    if quantization is not None:
+        apply_quantization(model, quantization, weights)
+    check_against_model(model, weights, origin, where)
+    model.load_weights(list(weights.items()), strict=True)
+    checkpoint_dtype = _floating_dtype(weights)
+    compute_dtype = dtype or compute_dtype_for(checkpoint_dtype)
+    model.set_dtype(compute_dtype)
+    model.eval()
+    model.info = ModelInfo(
+        path=where,
+        config=config,
+        model_type=config["model_type"],
+        quantization=quantization,
+        checkpoint_dtype=str(checkpoint_dtype).removeprefix("mlx.core."),
+        compute_dtype=str(compute_dtype).removeprefix("mlx.core."),
+        backend=backend_name(),
+        context_length=int(config.get("max_position_embeddings") or 0),
+    )
+    return model
+
+
+def load_model(path, dtype: mx.Dtype | None = None) -> nn.Module:
+    """A model from a local directory (HF or MLX layout) or a `.gguf` file; no tokenizer needed."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelNotFoundError(f"{path}: not a model directory or a .gguf file")
+        from mlxmodels.gguf import read_gguf
+
+        gguf = read_gguf(path)
+        return assemble(gguf.config, gguf.weights, {}, path, dtype)
+    config = read_config(path)
+    weights, origin = read_weights(path)
+    return assemble(config, weights, origin, path, dtype)

@@ -1,0 +1,39 @@
+"""One module per model family; `model_type` in config.json picks it."""
+
+from __future__ import annotations
+
+import importlib
+
+from mlxmodels.errors import ConfigError
+
+# model_type -> module under mlxmodels.models. SmolLM2 checkpoints say "llama".
+FAMILIES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma3_text": "gemma3_text",
+    "gemma3": "gemma3_text",  # multimodal checkpoints: the text tower (read_config merges text_config)
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def family_module(config: dict):
+    """The module implementing the config's family, or a one-line error listing the supported ones."""
+    model_type = config.get("model_type")
+    source = config.get("_source", "config.json")
+    if not model_type:
+        raise ConfigError(f"{source}: missing required field 'model_type'")
+    if model_type not in FAMILIES:
+        raise ConfigError(
+            f"{source}: unsupported model_type '{model_type}' (supported: {', '.join(supported_model_types())})"
+        )
+    return importlib.import_module(f"mlxmodels.models.{FAMILIES[model_type]}")
+
+
+def build_model(config: dict):
+    module = family_module(config)
+    return module.Model(module.ModelArgs.from_config(config))
