@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+import mlxmodels  # noqa: F401  (first: it selects a fast BLAS before anything loads mlx.core)
 from app import run as run_command
 
 SUBCOMMANDS = [run_command]
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchard", description="Fast local LLMs on Apple Silicon (MLX): chat, run, convert, bench."
     )
-    parser.add_argument("--version", action="version", version=f"orchard {_version()}")
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS:
@@ -28,12 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
+    """Orchard's version plus what decides its speed: MLX version, backend and BLAS."""
     from importlib.metadata import PackageNotFoundError, version
 
+    import mlx.core as mx
+
+    from metal_kernels import backend_name
+    from mlxmodels import blas
+
     try:
-        return version("orchard")
+        ours = version("orchard")
     except PackageNotFoundError:
-        return "unknown"
+        ours = "unknown"
+    return f"orchard {ours} (mlx {mx.__version__}, {backend_name()} backend, BLAS: {blas.current().describe()})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,12 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
         "--model", "-m", default=None, metavar="M",
         help="model directory, .gguf file, catalog name or Hugging Face repo id (default: SmolLM2-135M-Instruct)",
     )
+    parser.add_argument(
+        "--cpu-weights", choices=("auto", "fp32", "quantized", "mlx"), default="auto",
+        help="CPU backend only: keep fp32 copies of quantized weights (fast, 8x the memory), stay "
+        "quantized (prefill still dequantizes), decide by model size (default), or use MLX's own "
+        "quantized kernels unchanged (for comparisons)",
+    )
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:

@@ -41,7 +41,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise OrchardError(f"--max-tokens must be at least 1, got {args.max_tokens}")
 
-    model, tokenizer = load(args.model, progress=_status)
+    model, tokenizer = load(args.model, progress=_status, cpu_weights=args.cpu_weights)
     sampling = sampling_from_args(args, generation_defaults(model.info.path) if model.info.path.is_dir() else {})
 
     if args.no_chat_template:

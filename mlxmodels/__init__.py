@@ -4,6 +4,12 @@
     for chunk in mlxmodels.stream_generate(model, tokenizer, "Hello"):
         print(chunk.text, end="")
 """
+# ruff: noqa: E402
+
+# Before anything imports mlx.core: give its CPU backend a fast BLAS (see blas.py).
+from mlxmodels import blas as _blas
+
+_blas.select()
 
 from mlxmodels.api import load, load_model, make_cache
 from mlxmodels.errors import OrchardError

@@ -9,12 +9,15 @@ from mlxmodels.resolve import resolve
 from mlxmodels.tokenizer import load_gguf_tokenizer, load_tokenizer
 
 
-def load_model(reference, dtype=None):
-    """The model alone (no tokenizer needed) for a directory, .gguf file, catalog name or repo id."""
-    return _load_path(resolve(str(reference)), dtype)
+def load_model(reference, dtype=None, cpu_weights: str = "auto"):
+    """The model alone (no tokenizer needed) for a directory, .gguf file, catalog name or repo id.
+
+    `cpu_weights` ("auto", "fp32", "quantized") is the CPU backend's memory-for-speed policy.
+    """
+    return _load_path(resolve(str(reference)), dtype, cpu_weights)
 
 
-def load(reference=None, dtype=None, progress=None):
+def load(reference=None, dtype=None, progress=None, cpu_weights: str = "auto"):
     """(model, tokenizer) for any model reference; None means the default model."""
     path = resolve(None if reference is None else str(reference), progress=progress)
     if path.is_file():  # a .gguf: model and tokenizer come from the same metadata
@@ -22,9 +25,9 @@ def load(reference=None, dtype=None, progress=None):
         from mlxmodels.loading import assemble
 
         gguf = read_gguf(path)
-        model = assemble(gguf.config, gguf.weights, {}, path, dtype)
+        model = assemble(gguf.config, gguf.weights, {}, path, dtype, cpu_weights)
         return model, load_gguf_tokenizer(gguf.tokenizer_metadata, path)
-    model = _load_path(path, dtype)
+    model = _load_path(path, dtype, cpu_weights)
     tokenizer = load_tokenizer(Path(path), eos_token_ids=_config_eos(model.info.config))
     return model, tokenizer
 

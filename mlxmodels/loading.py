@@ -14,6 +14,7 @@ import mlx.nn as nn
 
 from metal_kernels import backend_name, compute_dtype_for
 from mlxmodels.config import read_config
+from mlxmodels.cpu_weights import apply_cpu_weight_policy
 from mlxmodels.errors import ConfigError, ModelNotFoundError
 from mlxmodels.models import build_model
 from mlxmodels.weights import check_against_model, read_weights
@@ -31,6 +32,8 @@ class ModelInfo:
     compute_dtype: str
     backend: str
     context_length: int
+    cpu_weights: str = "native"  # CPU backend policy: "fp32", "quantized" or "native" (see cpu_weights.py)
+    cpu_weights_bytes: int = 0  # extra memory the fp32 copies take
 
 
 def quantization_settings(config: dict) -> dict | None:
@@ -79,8 +82,10 @@ def _floating_dtype(weights: dict) -> mx.Dtype:
     return mx.float32
 
 
-def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.Dtype | None = None):
-    """Build the family's model from `config`, load `weights` into it and apply the dtype policy."""
+def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.Dtype | None = None,
+             cpu_weights: str = "auto"):
+    """Build the family's model from `config`, load `weights` into it, apply the dtype policy and,
+    on the CPU backend, the quantized-weights policy (`cpu_weights.py`)."""
     model = build_model(config)
     weights = model.sanitize(weights)
     quantization = quantization_settings(config)
@@ -92,6 +97,7 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
     compute_dtype = dtype or compute_dtype_for(checkpoint_dtype)
     model.set_dtype(compute_dtype)
     model.eval()
+    policy, extra_bytes = apply_cpu_weight_policy(model, cpu_weights)
     model.info = ModelInfo(
         path=where,
         config=config,
@@ -101,11 +107,13 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
         compute_dtype=str(compute_dtype).removeprefix("mlx.core."),
         backend=backend_name(),
         context_length=int(config.get("max_position_embeddings") or 0),
+        cpu_weights=policy,
+        cpu_weights_bytes=extra_bytes,
     )
     return model
 
 
-def load_model(path, dtype: mx.Dtype | None = None) -> nn.Module:
+def load_model(path, dtype: mx.Dtype | None = None, cpu_weights: str = "auto") -> nn.Module:
     """A model from a local directory (HF or MLX layout) or a `.gguf` file; no tokenizer needed."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -116,7 +124,7 @@ def load_model(path, dtype: mx.Dtype | None = None) -> nn.Module:
         from mlxmodels.gguf import read_gguf
 
         gguf = read_gguf(path)
-        return assemble(gguf.config, gguf.weights, {}, path, dtype)
+        return assemble(gguf.config, gguf.weights, {}, path, dtype, cpu_weights)
     config = read_config(path)
     weights, origin = read_weights(path)
-    return assemble(config, weights, origin, path, dtype)
+    return assemble(config, weights, origin, path, dtype, cpu_weights)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import mlxmodels  # noqa: F401  (before any test imports mlx.core: selects the fast BLAS as in the app)
+
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
 
 
