@@ -121,3 +121,16 @@ def test_stop_string_and_raw_prompt(capsys, default_model_dir):
     out = capsys.readouterr()
     assert code == 0
     assert "7" not in out.out and "stop: stop_string" in out.err
+
+
+def test_model_without_chat_template_gets_a_plain_transcript(tmp_path, capsys, default_model_dir):
+    from mlxmodels.prompt import format_messages
+
+    tiny = make_tiny_model(tmp_path / "tiny", dict(TINY_LLAMA, max_position_embeddings=256), tokenizer_from=default_model_dir)
+    (tiny / "chat_template.jinja").unlink()
+    model, tokenizer = mlxmodels.load(tiny)
+    assert not tokenizer.has_chat_template
+    text = format_messages(tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert text == "System: Be brief.\nUser: Hi\nAssistant:"
+    code = main(["run", "--model", str(tiny), "--prompt", "Hi", "--max-tokens", "3", "--temp", "0"])
+    assert code == 0 and "no chat template" in capsys.readouterr().err
