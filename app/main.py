@@ -11,9 +11,11 @@ import os
 import sys
 
 import mlxmodels  # noqa: F401  (first: it selects a fast BLAS before anything loads mlx.core)
+from app import bench as bench_command
+from app import chat as chat_command
 from app import run as run_command
 
-SUBCOMMANDS = [run_command]
+SUBCOMMANDS = [chat_command, run_command, bench_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 2
+        # Plain `orchard` (top-level options only) opens the chat.
+        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), "chat"])
     from mlxmodels.errors import OrchardError
 
     try:

@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     p.add_argument("--quiet", "-q", action="store_true", help="no stats on stderr")
+    p.add_argument("--kv-bits", type=int, choices=(4, 8), default=None,
+                   help="store the KV cache quantized to 4 or 8 bits (less memory for long contexts)")
     add_sampling_options(p)
     p.set_defaults(handler=handle)
 
@@ -31,7 +33,7 @@ def _prefill_progress(done: int, total: int) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from mlxmodels import load, stream_generate
+    from mlxmodels import load, make_cache, stream_generate
     from mlxmodels.errors import OrchardError
     from mlxmodels.prompt import format_messages, generation_defaults, has_chat_template
 
@@ -57,7 +59,7 @@ def handle(args: argparse.Namespace) -> int:
     stats = None
     for chunk in stream_generate(
         model, tokenizer, text, max_tokens=args.max_tokens, sampling=sampling, stop=args.stop,
-        on_prefill_progress=_prefill_progress,
+        cache=make_cache(model, kv_bits=args.kv_bits), on_prefill_progress=_prefill_progress,
     ):
         sys.stdout.write(chunk.text)
         sys.stdout.flush()

@@ -28,3 +28,19 @@ def compute_dtype_for(checkpoint_dtype: mx.Dtype) -> mx.Dtype:
     if backend_name() == "cpu":
         return mx.float32
     return checkpoint_dtype
+
+
+KERNEL_MODES = ("auto", "custom", "builtin", "emulate")
+
+
+def kernel_mode() -> str:
+    """How the public kernel functions run, from ORCHARD_KERNELS (read on every call, so tests and
+    A/B runs can switch it): 'auto' (default) uses a custom kernel where it is the better choice on
+    the running GPU, 'custom' forces the custom kernels on a GPU, 'builtin' forces MLX's built-in
+    ops, 'emulate' runs the custom kernels through the CPU emulator (small shapes only)."""
+    import os
+
+    mode = os.environ.get("ORCHARD_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"ORCHARD_KERNELS={mode!r} is not one of {', '.join(KERNEL_MODES)}")
+    return mode

@@ -40,6 +40,15 @@ def _config_eos(config: dict):
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
-def make_cache(model) -> list:
-    """A fresh per-layer cache for `model(tokens, cache=...)`."""
-    return model.make_cache()
+def make_cache(model, kv_bits: int | None = None, kv_group_size: int = 64) -> list:
+    """A fresh per-layer cache for `model(tokens, cache=...)`.
+
+    `kv_bits` (4 or 8) stores the keys and values of full-attention layers quantized
+    (`QuantizedKVCache`); sliding-window and recurrent layers keep their own caches.
+    """
+    cache = model.make_cache()
+    if kv_bits is None:
+        return cache
+    from mlxmodels.cache import KVCache, QuantizedKVCache
+
+    return [QuantizedKVCache(kv_bits, kv_group_size) if type(c) is KVCache else c for c in cache]

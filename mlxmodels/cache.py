@@ -190,3 +190,132 @@ def copy_cache(cache: list) -> list:
 
 def cache_nbytes(cache: list) -> int:
     return sum(layer.nbytes for layer in cache)
+
+
+class SSMCache:
+    """Recurrent state of one state-space (Mamba) layer: the conv window and the SSM state.
+
+    Unlike a KV cache it does not grow with the context: `conv` holds the last `kernel - 1` inputs
+    of the causal convolution ([B, kernel - 1, channels]) and `ssm` the scan state (Mamba-1:
+    [B, channels, state]; Mamba-2: [B, heads, head_dim, state]). The layer reads both, computes,
+    and stores the new ones with `update(conv, ssm, tokens)`.
+
+    A recurrent state cannot be rewound: the tokens it has absorbed are gone. `can_trim(n)` is
+    therefore true only for n == 0; to reuse a prefix (a chat's earlier turns), keep a `copy()`
+    taken where the prefix ends and continue from that snapshot.
+    """
+
+    def __init__(self):
+        self.conv = None
+        self.ssm = None
+        self.offset = 0
+
+    def fetch(self) -> tuple:
+        """(conv window, ssm state); both None before the first token."""
+        return self.conv, self.ssm
+
+    def update(self, conv: mx.array, ssm: mx.array, tokens: int) -> None:
+        self.conv, self.ssm = conv, ssm
+        self.offset += tokens
+
+    def mask(self, L: int):
+        return None  # causality is built into the scan
+
+    def can_trim(self, n: int) -> bool:
+        return n == 0
+
+    def trim(self, n: int) -> int:
+        return 0
+
+    @property
+    def state(self) -> list:
+        return [a for a in (self.conv, self.ssm) if a is not None]
+
+    def copy(self) -> "SSMCache":
+        # MLX arrays are immutable and the layer replaces (never mutates) them: sharing is a snapshot.
+        clone = SSMCache()
+        clone.conv, clone.ssm, clone.offset = self.conv, self.ssm, self.offset
+        return clone
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.state)
+
+
+class QuantizedKVCache:
+    """Keys and values stored in MLX's affine quantized format (`bits` 4 or 8) along the head dim.
+
+    The same interface as `KVCache`, but `update_and_fetch` returns `(packed, scales, biases)`
+    tuples instead of arrays: attention then reads the packed cache directly
+    (`metal_kernels.quantized_decode_attention`), which is the point, since a dequantized copy
+    would cost the memory the quantization saves. 8 bits stores a 64-wide head in 80 bytes instead
+    of 256 (float32) or 128 (float16). The group size is 64, or 32 for head dims that 64 does not
+    divide.
+    """
+
+    step = 256
+    quantized = True
+
+    def __init__(self, bits: int = 8, group_size: int = 64):
+        from mlxmodels.errors import OrchardError
+
+        if bits not in (4, 8):
+            raise OrchardError(f"KV cache bits must be 4 or 8, got {bits}")
+        if group_size not in (32, 64, 128):
+            raise OrchardError(f"KV cache group size must be 32, 64 or 128, got {group_size}")
+        self.bits, self.group_size = bits, group_size
+        self.keys = self.values = None  # (packed, scales, biases), each [B, H, capacity, ...]
+        self.offset = 0
+
+    def _quantize(self, x: mx.array) -> tuple:
+        D = x.shape[-1]
+        if D % self.group_size:
+            if self.offset == 0 and D % 32 == 0:
+                self.group_size = 32
+            else:
+                from mlxmodels.errors import OrchardError
+
+                raise OrchardError(f"a quantized KV cache needs a head dim divisible by 32; this model's is {D}")
+        return tuple(mx.quantize(x, group_size=self.group_size, bits=self.bits))
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[tuple, tuple]:
+        L = keys.shape[2]
+        qk, qv = self._quantize(keys), self._quantize(values)
+        if self.keys is None or self.offset + L > self.keys[0].shape[2]:
+            need = self.offset + L
+            self.keys = tuple(_grow(old, self.offset, need, self.step, new)
+                              for old, new in zip(self.keys or (None,) * 3, qk))
+            self.values = tuple(_grow(old, self.offset, need, self.step, new)
+                                for old, new in zip(self.values or (None,) * 3, qv))
+        for buffer, new in zip(self.keys + self.values, qk + qv):
+            buffer[..., self.offset : self.offset + L, :] = new
+        self.offset += L
+        return (tuple(a[..., : self.offset, :] for a in self.keys),
+                tuple(a[..., : self.offset, :] for a in self.values))
+
+    def mask(self, L: int):
+        return None if L == 1 else "causal"
+
+    def can_trim(self, n: int) -> bool:
+        return 0 <= n <= self.offset
+
+    def trim(self, n: int) -> int:
+        n = max(0, min(n, self.offset))
+        self.offset -= n
+        return n
+
+    @property
+    def state(self) -> list:
+        return [] if self.keys is None else [*self.keys, *self.values]
+
+    def copy(self) -> "QuantizedKVCache":
+        clone = QuantizedKVCache(self.bits, self.group_size)
+        clone.offset = self.offset
+        if self.keys is not None:
+            clone.keys = tuple(a[..., : self.offset, :] for a in self.keys)
+            clone.values = tuple(a[..., : self.offset, :] for a in self.values)
+        return clone
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.state)

@@ -1,7 +1,13 @@
 """Writing an MLX model directory (config.json, safetensors shards + index, tokenizer files).
 
 The directory is written under a temporary name beside its destination and renamed into place at
-the end, so an interrupted write never leaves a half model where a model is expected.
+the end, so an interrupted write never leaves a half model where a model is expected. A process
+killed outright (SIGKILL, power loss) cannot clean up its temporary directory; the next write to the
+same destination removes such leftovers (`remove_stale_partials`).
+
+Configs are written in the dialect mlx-lm reads (`mlx_lm_config`): mlx-lm 0.32 ignores
+transformers 5's `rope_parameters`, so RoPE settings go back to the top-level `rope_theta` /
+`rope_scaling` (and Gemma's `rope_local_base_freq`), which Orchard reads as well.
 """
 
 from __future__ import annotations
@@ -17,11 +23,35 @@ import mlx.core as mx
 MAX_SHARD_BYTES = 5 * 1024**3
 
 
+def _partial_name(out: Path, pid: int) -> Path:
+    return out.parent / f".{out.name}.partial-{pid}"
+
+
+def remove_stale_partials(out: Path) -> None:
+    """Delete temporary directories of earlier writes to `out` whose process no longer runs."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return
+    for tmp in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            pid = int(tmp.name.rpartition("-")[2])
+            os.kill(pid, 0)
+            if pid != os.getpid():
+                continue  # a live writer: leave it alone
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # someone else's live process
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(out: Path, overwrite: bool = False):
     """Yield a temporary directory that becomes `out` when the block finishes without error."""
     out = Path(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp = _partial_name(out, os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -64,6 +94,30 @@ def write_weights(directory: Path, weights: dict, max_bytes: int = MAX_SHARD_BYT
 def public_config(config: dict) -> dict:
     """The config as written to disk: our private bookkeeping keys (leading underscore) removed."""
     return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def mlx_lm_config(config: dict) -> dict:
+    """`public_config` with RoPE settings in the top-level (transformers 4.x) dialect, as mlx-lm reads them."""
+    from mlxmodels.config import rope_parameters
+
+    config = public_config(config)
+    params = config.pop("rope_parameters", None)
+    if not isinstance(params, dict):
+        return config
+    nested = any(isinstance(v, dict) for v in params.values())
+    full = rope_parameters({"rope_parameters": params}, "full_attention" if nested else None)
+    config["rope_theta"] = full.pop("rope_theta")
+    if full.get("rope_type", "default") != "default":
+        config["rope_scaling"] = full
+    else:
+        config.pop("rope_scaling", None)
+    if nested and isinstance(params.get("sliding_attention"), dict):
+        config["rope_local_base_freq"] = float(params["sliding_attention"].get("rope_theta", 10000.0))
+        types = config.get("layer_types")
+        if types and "full_attention" in types and "sliding_window_pattern" not in config:
+            # mlx-lm's Gemma 3 derives its layer types from this period instead of `layer_types`.
+            config["sliding_window_pattern"] = types.index("full_attention") + 1
+    return config
 
 
 def save_model_dir(out: Path, config: dict, weights: dict, hf_tokenizer=None, overwrite: bool = False) -> Path:

@@ -1,10 +1,17 @@
 """GGUF files: llama.cpp's single-file format, read into a Hugging Face style config and weights.
 
-`mx.load` parses GGUF natively and keeps Q4_0 / Q4_1 / Q8_0 tensors quantized, as MLX affine
-quantization with group size 32 (weight, scales, biases), so a Q4 file stays 4-bit in memory. This
-module renames llama.cpp's tensors to Hugging Face names, undoes the Q/K row permutation that
-llama.cpp's converter applies for its interleaved RoPE, and turns the metadata into a config dict
-and a tokenizer.
+Two readers share the naming and config code:
+- `mx.load` parses GGUF natively and keeps Q4_0 / Q4_1 / Q8_0 tensors quantized, as MLX affine
+  quantization with group size 32 (weight, scales, biases), so a Q4 file stays 4-bit in memory.
+  `read_gguf` uses it when every tensor is of such a type.
+- `GGUFSource` reads any file tensor by tensor through the `gguf` package's memory map: those three
+  types are repacked into the same MLX layout (exactly, no re-rounding), every other type (K-quants
+  Q2_K…Q6_K, F16, BF16, …) is dequantized to float32 with the package's vectorised numpy code. The
+  converter streams from it; `read_gguf` uses it for files MLX cannot read (e.g. Q4_K_M mixes).
+
+Both rename llama.cpp's tensors to Hugging Face names, undo the Q/K row permutation that llama.cpp's
+converter applies to Llama for its interleaved RoPE, undo the +1 it folds into Gemma's norm weights,
+and turn the metadata into a config dict and a tokenizer.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import numpy as np
 
 from mlxmodels.errors import ConfigError, WeightsError
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "gemma3")
+# ggml types MLX keeps quantized (and `mx.load` reads); everything else is dequantized.
+NATIVE_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -31,6 +40,15 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+}
+# Gemma 3 adds per-head q/k norms and a norm after attention and after the MLP.
+_GEMMA3_LAYER_NAMES = {
+    **{k: v for k, v in _LAYER_NAMES.items() if k != "ffn_norm"},
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
 }
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
@@ -49,11 +67,12 @@ def _scalar(value):
     return value
 
 
-def _hf_name(name: str) -> str | None:
+def _hf_name(name: str, arch: str = "llama") -> str | None:
     base, _, kind = name.rpartition(".")  # kind: weight / scales / biases / bias
+    layer_names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{kind}"
+    if m and m.group(2) in layer_names:
+        return f"model.layers.{m.group(1)}.{layer_names[m.group(2)]}.{kind}"
     if base in _GLOBAL_NAMES:
         return f"{_GLOBAL_NAMES[base]}.{kind}"
     return None
@@ -165,78 +184,214 @@ def check_gguf(path: Path) -> None:
                 bad(f"tensor '{name}' extends past the end of the file")
 
 
-def read_gguf(path: Path) -> GGUFModel:
-    check_gguf(path)
-    try:
-        tensors, metadata = mx.load(str(path), return_metadata=True)
-    except Exception as e:
-        raise WeightsError(f"{path}: corrupt or truncated GGUF file ({e})") from None
-    meta = {k: _scalar(v) for k, v in metadata.items()}
-    arch = meta.get("general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ConfigError(
-            f"{path}: unsupported GGUF architecture '{arch}' (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
-    config = _llama_config(path, meta, tensors)
-    weights = {}
-    for name, value in tensors.items():
-        hf = _hf_name(name)
-        if hf is None:
-            if name == "rope_freqs.weight":
-                continue  # folded into the config's rope parameters
-            raise WeightsError(f"{path}: unexpected GGUF tensor '{name}' for architecture '{arch}'")
+def _field_value(field):
+    """A metadata value as `read_gguf` has always exposed it: numeric arrays as numpy arrays."""
+    value = field.contents()
+    if isinstance(value, list) and value and not isinstance(value[0], (str, list)):
+        return np.array(value)
+    return value
+
+
+def _pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """MLX's packing: element i of each run of 32/bits values sits at bit offset bits * i of a uint32."""
+    if bits == 8:  # four bytes in a word, little-endian: a plain reinterpretation (x86 and Apple Silicon)
+        return np.ascontiguousarray(q, dtype=np.uint8).view("<u4")
+    per_word = 32 // bits
+    q = q.astype(np.uint32).reshape(*q.shape[:-1], q.shape[-1] // per_word, per_word)
+    shifts = (bits * np.arange(per_word, dtype=np.uint32))
+    return np.bitwise_or.reduce(q << shifts, axis=-1)
+
+
+def _repack_native(data: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_0 / Q4_1 / Q8_0 blocks of 32 -> MLX affine (packed weight, scales, biases), exactly.
+
+    Each block is value = d * q + m with one (d, m) per 32 inputs, which is MLX's affine layout with
+    group size 32; only the storage differs (ggml puts elements j and j + 16 in one byte).
+    """
+    rows = data.shape[0]
+    block_bytes = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[kind]
+    blocks = np.ascontiguousarray(data).reshape(rows, -1, block_bytes)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
+    if kind == "Q8_0":
+        q = (blocks[..., 2:34].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+        bias, bits = d * np.float16(-128), 8
+    else:
+        start = 2 if kind == "Q4_0" else 4
+        qs = blocks[..., start : start + 16]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+        bias = d * np.float16(-8) if kind == "Q4_0" else blocks[..., 2:4].copy().view(np.float16)[..., 0]
+        bits = 4
+    return _pack(q.reshape(rows, -1), bits), d, bias
+
+
+class GGUFSource:
+    """A GGUF file read one tensor at a time through a memory map: the converter's GGUF input.
+
+    `config`, `metadata`, `tokenizer_metadata` describe the model; `names` lists the Hugging Face
+    names of its (module) tensors; `load(name)` returns that tensor as MLX arrays: `{name: w}` for
+    float tensors, or `{module.weight, module.scales, module.biases}` for natively quantized ones.
+    """
+
+    def __init__(self, path: Path):
+        from gguf import GGUFReader
+
+        self.path = path = Path(path)
+        check_gguf(path)
+        try:
+            self.reader = GGUFReader(path)
+        except Exception as e:  # the gguf package raises ValueError/KeyError/struct errors
+            raise WeightsError(f"{path}: corrupt or truncated GGUF file ({e})") from None
+        self.metadata = {k: _field_value(f) for k, f in self.reader.fields.items() if not k.startswith("GGUF.")}
+        self.arch = arch = self.metadata.get("general.architecture")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(
+                f"{path}: unsupported GGUF architecture '{arch}' (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        self.config = _model_config(path, arch, self.metadata, set(self._tensors), self._rope_freqs)
+        self._by_hf = {}
+        for name in self._tensors:
+            hf = _hf_name(name, arch)
+            if hf is None:
+                if name == "rope_freqs.weight":
+                    continue  # folded into the config's rope parameters
+                raise WeightsError(f"{path}: unexpected GGUF tensor '{name}' for architecture '{arch}'")
+            self._by_hf[hf] = name
+        self.names = list(self._by_hf)
+        self.tokenizer_metadata = {k: v for k, v in self.metadata.items() if k.startswith("tokenizer.")}
+
+    def tensor_types(self) -> dict[str, int]:
+        counts = {}
+        for t in self.reader.tensors:
+            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+        return counts
+
+    def all_native(self) -> bool:
+        return all(kind in NATIVE_TYPES for kind in self.tensor_types())
+
+    def nbytes(self, name: str) -> int:
+        return int(self._tensors[self._by_hf[name]].n_bytes)
+
+    def _rope_freqs(self) -> mx.array:
+        from gguf.quants import dequantize
+
+        t = self._tensors["rope_freqs.weight"]
+        return mx.array(dequantize(t.data, t.tensor_type))
+
+    def load(self, name: str) -> dict:
+        from gguf.quants import dequantize
+
+        t = self._tensors[self._by_hf[name]]
+        kind = t.tensor_type.name
+        try:
+            if kind in ("Q4_0", "Q4_1", "Q8_0"):
+                module = name.rpartition(".")[0]
+                w, scales, biases = _repack_native(t.data, kind)
+                out = {f"{module}.weight": mx.array(w), f"{module}.scales": mx.array(scales),
+                       f"{module}.biases": mx.array(biases)}
+            elif kind in ("F32", "F16"):
+                out = {name: mx.array(np.asarray(t.data))}
+            else:
+                out = {name: mx.array(dequantize(t.data, t.tensor_type))}
+        except NotImplementedError:
+            raise WeightsError(f"{self.path}: GGUF tensor '{t.name}' has unsupported type {kind}") from None
+        return {k: _fix_up(k, v, self.arch, self.config) for k, v in out.items()}
+
+
+def _fix_up(hf: str, value: mx.array, arch: str, config: dict) -> mx.array:
+    """Undo what llama.cpp's converter did to a tensor (see the module docstring)."""
+    if arch == "llama":
         if ".self_attn.q_proj." in hf:
-            value = _unpermute_rows(value, config["num_attention_heads"])
-        elif ".self_attn.k_proj." in hf:
-            value = _unpermute_rows(value, config["num_key_value_heads"])
-        weights[hf] = value
+            return _unpermute_rows(value, config["num_attention_heads"])
+        if ".self_attn.k_proj." in hf:
+            return _unpermute_rows(value, config["num_key_value_heads"])
+    elif arch == "gemma3" and hf.endswith("norm.weight"):
+        return value - 1  # Gemma norms scale by (1 + w); llama.cpp stores 1 + w
+    return value
+
+
+def read_gguf(path: Path) -> GGUFModel:
+    """The whole model in memory: natively quantized files stay quantized, others are dequantized."""
+    source = GGUFSource(path)
+    weights = {}
+    if source.all_native():
+        try:
+            tensors = mx.load(str(path))
+        except Exception as e:
+            raise WeightsError(f"{path}: corrupt or truncated GGUF file ({e})") from None
+        for name, value in tensors.items():
+            hf = _hf_name(name, source.arch)
+            if hf is not None:
+                weights[hf] = _fix_up(hf, value, source.arch, source.config)
+    else:
+        for name in source.names:
+            weights.update(source.load(name))
+    config = dict(source.config)
     config["quantization"] = _quantization_layout(weights)
     if config["quantization"] is None:
         del config["quantization"]
-    tokenizer_metadata = {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
-    return GGUFModel(config=config, weights=weights, metadata=meta, tokenizer_metadata=tokenizer_metadata)
+    return GGUFModel(config=config, weights=weights, metadata=source.metadata,
+                     tokenizer_metadata=source.tokenizer_metadata)
 
 
-def _llama_config(path: Path, meta: dict, tensors: dict) -> dict:
+def _model_config(path: Path, arch: str, meta: dict, tensor_names: set, rope_freqs) -> dict:
+    """A Hugging Face (4.x dialect) config from the GGUF metadata of a supported architecture."""
+
     def need(key):
-        value = meta.get(f"llama.{key}")
+        value = meta.get(f"{arch}.{key}")
         if value is None:
-            raise ConfigError(f"{path}: GGUF metadata lacks 'llama.{key}'")
+            raise ConfigError(f"{path}: GGUF metadata lacks '{arch}.{key}'")
         return value
 
     hidden = int(need("embedding_length"))
     heads = int(need("attention.head_count"))
+    layers = int(need("block_count"))
     vocab = len(meta["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in meta else int(need("vocab_size"))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", meta.get(f"{arch}.rope.dimension_count", hidden // heads)))
     config = {
         "_source": str(path),
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
         "hidden_size": hidden,
         "intermediate_size": int(need("feed_forward_length")),
-        "num_hidden_layers": int(need("block_count")),
+        "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": int(meta.get("llama.attention.head_count_kv", heads)),
-        "head_dim": int(meta.get("llama.attention.key_length", meta.get("llama.rope.dimension_count", hidden // heads))),
-        "rms_norm_eps": float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(meta.get("llama.rope.freq_base", 10000.0)),
-        "max_position_embeddings": int(meta.get("llama.context_length", 4096)),
+        "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv", heads)),
+        "head_dim": head_dim,
+        "rms_norm_eps": float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5 if arch == "llama" else 1e-6)),
+        "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(meta.get(f"{arch}.context_length", 4096)),
         "vocab_size": vocab,
-        "tie_word_embeddings": "output.weight" not in tensors,
+        "tie_word_embeddings": "output.weight" not in tensor_names,
         "torch_dtype": "float16",
     }
-    for key in ("bos_token_id", "eos_token_id"):
+    if arch == "llama":
+        config.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    else:
+        # Settings llama.cpp hard-codes for Gemma 3 rather than storing: local layers use base 10000,
+        # every 6th layer is global, and attention is scaled by head_dim (hidden/heads for the 27B).
+        config.update(
+            model_type="gemma3_text",
+            architectures=["Gemma3ForCausalLM"],
+            hidden_activation="gelu_pytorch_tanh",
+            rope_local_base_freq=10000.0,
+            sliding_window_pattern=6,
+            sliding_window=int(meta.get("gemma3.attention.sliding_window", 512)),
+            query_pre_attn_scalar=float(hidden // heads if layers == 62 else head_dim),
+        )
+        if meta.get("gemma3.final_logit_softcapping") is not None:
+            config["final_logit_softcapping"] = float(meta["gemma3.final_logit_softcapping"])
+    for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
         if f"tokenizer.ggml.{key}" in meta:
-            config[key] = int(meta[f"tokenizer.ggml.{key}"])
-    scaling = meta.get("llama.rope.scaling.type")
+            config[key.replace("padding", "pad")] = int(meta[f"tokenizer.ggml.{key}"])
+    scaling = meta.get(f"{arch}.rope.scaling.type")
     if scaling in ("linear", "yarn"):
-        config["rope_scaling"] = {"rope_type": scaling, "factor": float(meta["llama.rope.scaling.factor"])}
-        if "llama.rope.scaling.original_context_length" in meta:
+        config["rope_scaling"] = {"rope_type": scaling, "factor": float(meta[f"{arch}.rope.scaling.factor"])}
+        if f"{arch}.rope.scaling.original_context_length" in meta:
             config["rope_scaling"]["original_max_position_embeddings"] = int(
-                meta["llama.rope.scaling.original_context_length"]
+                meta[f"{arch}.rope.scaling.original_context_length"]
             )
-    if "rope_freqs.weight" in tensors:
+    if "rope_freqs.weight" in tensor_names:
         # Llama 3.1 GGUFs store the llama3 scaling as per-frequency divisors instead of parameters.
-        factors = np.array(tensors["rope_freqs.weight"].astype(mx.float32)).tolist()
+        factors = np.array(rope_freqs().astype(mx.float32)).tolist()
         config["rope_scaling"] = {"rope_type": "frequency_factors", "factors": factors}
     return config
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from metal_kernels import quantized_decode_attention
 from mlxmodels.cache import window_mask
 from mlxmodels.layers.norms import OffsetRMSNorm, RMSNorm
 from mlxmodels.layers.rope import RoPE
@@ -70,8 +71,20 @@ class Attention(nn.Module):
         else:
             mask = "causal" if L > 1 else None
 
-        out = self._attend(q, k, v, mask)
+        if isinstance(k, tuple):  # a QuantizedKVCache hands back (packed, scales, biases)
+            out = self._attend_quantized(q, k, v, mask, cache)
+        else:
+            out = self._attend(q, k, v, mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+    def _attend_quantized(self, q, k, v, mask, cache):
+        """Attention over a quantized KV cache: the kernel reads the packed keys and values directly.
+        Full-attention layers only (make_cache keeps sliding-window layers in float), so the mask is
+        plain causal, which is what the kernel applies."""
+        if self.logit_softcap is not None:  # no soft-capping in the kernel: dequantize for _attend
+            k, v = (mx.dequantize(*t, group_size=cache.group_size, bits=cache.bits).astype(q.dtype) for t in (k, v))
+            return self._attend(q, k, v, mask)
+        return quantized_decode_attention(q, k, v, self.scale, group_size=cache.group_size, bits=cache.bits)
 
     def _attend(self, q, k, v, mask):
         if self.logit_softcap is None:

@@ -14,6 +14,12 @@ FAMILIES = {
     "qwen3": "qwen3",
     "gemma3_text": "gemma3_text",
     "gemma3": "gemma3_text",  # multimodal checkpoints: the text tower (read_config merges text_config)
+    "mixtral": "mixtral",
+    "qwen2_moe": "qwen2_moe",
+    "qwen3_moe": "qwen3_moe",
+    "olmoe": "olmoe",
+    "mamba": "mamba",
+    "mamba2": "mamba2",
 }
 
 

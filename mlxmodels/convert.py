@@ -1,0 +1,415 @@
+"""Model conversion: any model Orchard reads -> an MLX model directory, quantized or not.
+
+The conversion streams: one tensor is read (lazily from a memory map), converted, evaluated and
+added to the output shard being filled; a full shard is written and freed. Peak memory is thus
+about the largest tensor plus one output shard, never the model. Everything is written into a
+temporary directory beside the destination that is renamed into place at the end
+(`export.atomic_directory`), so an interrupted or failed conversion leaves no output.
+
+Quantization is MLX's affine scheme (`mx.quantize`): per group of `group_size` inputs, a scale and a
+bias in the output float dtype. Which modules are quantized is decided by the family's own model:
+every module that has a quantized form (linear layers, embeddings, expert stacks) and whose input
+size is a multiple of the group size. The `mixed` recipe gives a few sensitive tensors more bits
+(see `mixed_recipe`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxmodels.errors import OrchardError, WeightsError
+from mlxmodels.export import MAX_SHARD_BYTES, atomic_directory, mlx_lm_config, remove_stale_partials
+
+BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+RECIPES = ("mixed",)
+# Tokenizer and generation files a model directory may carry; copied as they are.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+    "generation_config.json",
+)
+
+Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, tensor name)
+
+
+@dataclass
+class ConvertOptions:
+    bits: int = 4
+    group_size: int = 64
+    recipe: str | None = None
+    dtype: str | None = None  # float dtype of what is not quantized; None: bfloat16 stays, else float16
+    dequantize: bool = False
+    force: bool = False
+    max_shard_bytes: int = MAX_SHARD_BYTES
+
+    def check(self) -> None:
+        if self.bits not in BITS:
+            raise OrchardError(f"--bits {self.bits} is not supported (choose from {', '.join(map(str, BITS))})")
+        if self.group_size not in GROUP_SIZES:
+            raise OrchardError(
+                f"--group-size {self.group_size} is not supported (choose from {', '.join(map(str, GROUP_SIZES))})"
+            )
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise OrchardError(f"--recipe {self.recipe} is not supported (choose from {', '.join(RECIPES)})")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise OrchardError(f"--dtype {self.dtype} is not supported (choose from {', '.join(DTYPES)})")
+        if self.dequantize and self.recipe:
+            raise OrchardError("--dequantize and --recipe exclude each other (a recipe chooses quantized bits)")
+
+
+@dataclass
+class ConvertResult:
+    out: Path
+    parameters: int = 0
+    quantized_parameters: int = 0
+    bits_per_weight: float = 0.0  # all tensors, embeddings and norms included
+    size_before: int = 0
+    size_after: int = 0
+    seconds: float = 0.0
+    peak_memory: int = 0  # MLX's peak allocation during the conversion, bytes
+    peak_rss: int = 0  # the process's peak resident set, bytes
+    largest_tensor: int = 0
+    shards: int = 0
+    warnings: list = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+
+class Source:
+    """What the converter reads: a config, tensor units in order, and how to save the tokenizer."""
+
+    config: dict
+    names: list  # one entry per unit: a float tensor, or a quantized module's ".weight"
+    path: Path
+
+    def load(self, name: str) -> dict:  # {name: array} or {module.weight/.scales/.biases}
+        raise NotImplementedError
+
+    def nbytes(self, name: str) -> int:
+        raise NotImplementedError
+
+    def save_tokenizer(self, directory: Path) -> bool:
+        raise NotImplementedError
+
+
+class DirectorySource(Source):
+    """A Hugging Face or MLX model directory, memory-mapped through `mx.load` (lazy arrays)."""
+
+    def __init__(self, path: Path):
+        from mlxmodels.config import read_config
+        from mlxmodels.models import build_model
+        from mlxmodels.weights import read_weights
+
+        self.path = path
+        self.config = read_config(path)
+        weights, _ = read_weights(path)
+        # The family's sanitize maps checkpoint names to ours (and stacks MoE experts), lazily.
+        self.weights = build_model(self.config).sanitize(weights)
+        quantized = {k[: -len(".scales")] for k in self.weights if k.endswith(".scales")}
+        self.names = [
+            k for k in self.weights
+            if not (k.endswith((".scales", ".biases")) and k.rpartition(".")[0] in quantized)
+        ]
+        self._quantized = quantized
+
+    def load(self, name: str) -> dict:
+        module = name.rpartition(".")[0]
+        if module in self._quantized and name.endswith(".weight"):
+            return {f"{module}.{p}": self.weights[f"{module}.{p}"] for p in ("weight", "scales", "biases")
+                    if f"{module}.{p}" in self.weights}
+        return {name: self.weights[name]}
+
+    def nbytes(self, name: str) -> int:
+        return sum(v.nbytes for v in self.load(name).values())
+
+    def save_tokenizer(self, directory: Path) -> bool:
+        copied = False
+        for file in TOKENIZER_FILES:
+            if (self.path / file).is_file():
+                shutil.copy(self.path / file, directory / file)
+                copied = copied or file.startswith(("tokenizer", "vocab", "merges"))
+        for file in self.path.glob("*.tiktoken"):
+            shutil.copy(file, directory / file.name)
+            copied = True
+        return copied
+
+
+class GGUFFileSource(Source):
+    """A .gguf file, one tensor at a time (`gguf.GGUFSource`); its tokenizer rebuilt from metadata."""
+
+    def __init__(self, path: Path):
+        from mlxmodels.gguf import GGUFSource
+
+        self.path = path
+        self.gguf = GGUFSource(path)
+        self.config = self.gguf.config
+        self.names = self.gguf.names
+
+    def load(self, name: str) -> dict:
+        return self.gguf.load(name)
+
+    def nbytes(self, name: str) -> int:
+        return self.gguf.nbytes(name)
+
+    def save_tokenizer(self, directory: Path) -> bool:
+        from mlxmodels.tokenizer import gguf_hf_tokenizer
+
+        if "tokenizer.ggml.tokens" not in self.gguf.tokenizer_metadata:
+            return False
+        gguf_hf_tokenizer(self.gguf.tokenizer_metadata, self.path).save_pretrained(str(directory))
+        return True
+
+
+def open_source(path: Path) -> Source:
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise OrchardError(f"{path}: not a model directory or a .gguf file")
+        return GGUFFileSource(path)
+    return DirectorySource(path)
+
+
+# ----------------------------------------------------------------------------------------- recipes
+
+
+def quantizable_modules(config: dict, group_size: int) -> dict[str, nn.Module]:
+    """Modules that have a quantized form and whose input size is a multiple of the group size.
+
+    The model is only built, never evaluated: its random initial parameters stay lazy (no memory).
+    """
+    from mlxmodels.models import build_model
+
+    model = build_model(config)
+    found = {}
+    for path, module in model.named_modules():
+        weight = getattr(module, "weight", None) if isinstance(module, nn.Module) else None
+        if hasattr(module, "to_quantized") and weight is not None and weight.shape[-1] % group_size == 0:
+            found[path] = module
+    return found
+
+
+def mixed_recipe(module: str, bits: int, num_layers: int) -> int:
+    """Bits for `module` under the `mixed` recipe.
+
+    Quantization error hurts most where it is not averaged away: the embeddings and the LM head (every
+    token's input and output pass through them) and the value and down projections of the first and
+    last blocks (their errors feed every later layer, or go straight into the logits). Those get two
+    more bits (8 at most: 2->4, 3->5, 4->6, 5->8, 6->8); everything else keeps `bits`.
+    """
+    high = {2: 4, 3: 5, 4: 6, 5: 8, 6: 8, 8: 8}[bits]
+    if module.endswith(("embed_tokens", "lm_head")):
+        return high
+    edge = max(1, num_layers // 8)
+    parts = module.split(".")
+    if "layers" in parts:
+        index = int(parts[parts.index("layers") + 1])
+        sensitive = module.endswith(("v_proj", "down_proj")) or ".experts.down_proj" in module
+        if sensitive and (index < edge or index >= num_layers - edge):
+            return high
+    return bits
+
+
+# -------------------------------------------------------------------------------------- conversion
+
+
+def _quant_layout(arrays: dict, module: str) -> tuple[int, int]:
+    """(bits, group_size) of an MLX-quantized module from its array shapes."""
+    w, s = arrays[f"{module}.weight"], arrays[f"{module}.scales"]
+    for group_size in (32, 64, 128):
+        bits = w.shape[-1] * 32 // (s.shape[-1] * group_size)
+        if bits in BITS and w.shape[-1] * 32 == s.shape[-1] * group_size * bits:
+            return bits, group_size
+    raise WeightsError(f"{module}: quantized tensor with an unrecognised layout {tuple(w.shape)}/{tuple(s.shape)}")
+
+
+class _ShardWriter:
+    """Collects evaluated tensors and writes a shard whenever the next tensor would overflow it."""
+
+    def __init__(self, directory: Path, max_bytes: int):
+        self.directory, self.max_bytes = directory, max_bytes
+        self.current, self.size, self.files, self.weight_map, self.total = {}, 0, [], {}, 0
+
+    def add(self, arrays: dict) -> None:
+        size = sum(v.nbytes for v in arrays.values())
+        if self.current and self.size + size > self.max_bytes:
+            self.flush()
+        self.current.update(arrays)
+        self.size += size
+        self.total += size
+
+    def flush(self) -> None:
+        if not self.current:
+            return
+        name = f"part-{len(self.files) + 1}.safetensors"
+        try:
+            mx.save_safetensors(str(self.directory / name), self.current, metadata={"format": "mlx"})
+        except (OSError, RuntimeError) as e:
+            raise OrchardError(f"{self.directory}: cannot write {name} ({e}; out of disk space?)") from None
+        self.weight_map.update({k: name for k in self.current})
+        self.files.append(name)
+        self.current, self.size = {}, 0
+
+    def finish(self) -> int:
+        """Give the shards their final names (and an index when there are several)."""
+        self.flush()
+        n = len(self.files)
+        final = {f: ("model.safetensors" if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors")
+                 for i, f in enumerate(self.files, start=1)}
+        for old, new in final.items():
+            (self.directory / old).rename(self.directory / new)
+        if n > 1:
+            index = {"metadata": {"total_size": self.total},
+                     "weight_map": {k: final[v] for k, v in self.weight_map.items()}}
+            (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        return n
+
+
+def _out_dtype(options: ConvertOptions, source: Source) -> mx.Dtype:
+    if options.dtype:
+        return DTYPES[options.dtype]
+    for name in source.names[:8]:
+        for value in source.load(name).values():
+            if value.dtype == mx.bfloat16:
+                return mx.bfloat16  # bf16 checkpoints may hold values beyond float16's range
+    return mx.float16
+
+
+def _check_disk(out: Path, source: Source, options: ConvertOptions) -> None:
+    total = sum(source.nbytes(n) for n in source.names)
+    # Upper bound of the output: float32 everything (dequantize/--dtype float32) or the source size.
+    need = total * (4 if options.dequantize or options.dtype == "float32" else 1) // (1 if options.dequantize else 2)
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise OrchardError(
+            f"{out.parent}: not enough disk space ({free / 1e9:.2f} GB free, the conversion needs up to {need / 1e9:.2f} GB)"
+        )
+
+
+def convert(src, out, options: ConvertOptions | None = None, progress: Progress | None = None,
+            source: Source | None = None) -> ConvertResult:
+    """Convert `src` (a local model directory or .gguf file) into the MLX directory `out`."""
+    options = options or ConvertOptions()
+    options.check()
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not options.force:
+        raise OrchardError(f"{out}: already exists (pass --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
+    source = source or open_source(Path(src))
+    _check_disk(out, source, options)
+
+    result = ConvertResult(out=out)
+    start = time.perf_counter()
+    mx.reset_peak_memory()
+    config = dict(source.config)
+    out_dtype = _out_dtype(options, source)
+    modules = {} if options.dequantize else quantizable_modules(config, options.group_size)
+    num_layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 1)
+    total = sum(source.nbytes(n) for n in source.names)
+    layouts: dict[str, tuple[int, int]] = {}
+    weight_bits = 0
+    done = 0
+
+    with atomic_directory(out, overwrite=options.force) as tmp:
+        writer = _ShardWriter(tmp, options.max_shard_bytes)
+        for name in source.names:
+            arrays = source.load(name)
+            size_in = sum(v.nbytes for v in arrays.values())
+            module = name.rpartition(".")[0]
+            converted = _convert_unit(name, module, arrays, modules, options, out_dtype, num_layers, layouts)
+            mx.eval(converted)
+            writer.add(converted)
+            for k, v in converted.items():
+                weight_bits += v.nbytes * 8
+            if module in layouts and f"{module}.weight" in converted:
+                w = converted[f"{module}.weight"]
+                count = w.size * 32 // layouts[module][0]
+                result.quantized_parameters += count
+            else:
+                count = sum(v.size for v in converted.values())
+            result.parameters += count
+            result.largest_tensor = max(result.largest_tensor, size_in)
+            result.size_before += size_in
+            del arrays, converted
+            done += size_in
+            if progress:
+                progress(done, total, name)
+        result.shards = writer.finish()
+        result.size_after = writer.total
+        config = _output_config(config, layouts, options)
+        (tmp / "config.json").write_text(json.dumps(mlx_lm_config(config), indent=2))
+        if not source.save_tokenizer(tmp):
+            result.warnings.append(f"{source.path}: no tokenizer files; the converted model cannot encode text")
+        _hook("before_rename")
+    result.seconds = time.perf_counter() - start
+    result.bits_per_weight = weight_bits / max(result.parameters, 1)
+    result.peak_memory = mx.get_peak_memory()
+    result.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return result
+
+
+def _hook(point: str) -> None:
+    """Test hook: ORCHARD_CONVERT_PAUSE=<seconds> sleeps at a point so a test can interrupt there."""
+    delay = os.environ.get("ORCHARD_CONVERT_PAUSE")
+    if delay:
+        print(f"orchard-convert-hook: {point}", flush=True)
+        time.sleep(float(delay))
+
+
+def _convert_unit(name, module, arrays, modules, options, out_dtype, num_layers, layouts) -> dict:
+    """One tensor (or one quantized module's triple) as it is written to the output."""
+    quantized_in = f"{module}.scales" in arrays
+    if quantized_in:
+        src_bits, src_group = _quant_layout(arrays, module)
+        target = None if options.dequantize else _target_bits(module, options, num_layers)
+        if target is not None and src_bits <= target:
+            # Already at or below the bits asked for: requantizing could only add error. Kept as is.
+            layouts[module] = (src_bits, src_group)
+            return {k: (v if k.endswith(".weight") else v.astype(out_dtype)) for k, v in arrays.items()}
+        w = mx.dequantize(arrays[f"{module}.weight"], arrays[f"{module}.scales"], arrays.get(f"{module}.biases"),
+                          group_size=src_group, bits=src_bits)
+        arrays = {f"{module}.weight": w}
+        if options.dequantize or module not in modules:
+            return {f"{module}.weight": w.astype(out_dtype)}
+    value = arrays[name]
+    if name.endswith(".weight") and module in modules and mx.issubdtype(value.dtype, mx.floating):
+        bits = _target_bits(module, options, num_layers)
+        w, scales, biases = mx.quantize(value.astype(out_dtype), group_size=options.group_size, bits=bits)
+        layouts[module] = (bits, options.group_size)
+        return {f"{module}.weight": w, f"{module}.scales": scales, f"{module}.biases": biases}
+    if mx.issubdtype(value.dtype, mx.floating):
+        return {name: value.astype(out_dtype)}
+    return {name: value}
+
+
+def _target_bits(module: str, options: ConvertOptions, num_layers: int) -> int:
+    if options.recipe == "mixed":
+        return mixed_recipe(module, options.bits, num_layers)
+    return options.bits
+
+
+def _output_config(config: dict, layouts: dict, options: ConvertOptions) -> dict:
+    """The source config with MLX's `quantization` block (per-module entries where they differ)."""
+    config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    if not layouts:
+        return config
+    q = {"group_size": options.group_size, "bits": options.bits, "mode": "affine"}
+    for module, (bits, group_size) in sorted(layouts.items()):
+        if (bits, group_size) != (options.bits, options.group_size):
+            q[module] = {"group_size": group_size, "bits": bits}
+    config["quantization"] = q
+    config["quantization_config"] = q  # mlx-lm writes both; older readers look for the second
+    return config

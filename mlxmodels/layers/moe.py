@@ -1,0 +1,212 @@
+"""Sparse Mixture-of-Experts feed-forward: a router picks `top_k` of `num_experts` gated MLPs per token.
+
+The families differ only in switches, all of which live here:
+- the router takes a softmax over every expert, then the top k; `norm_topk_prob` renormalises the
+  k weights to sum to one (Mixtral always, Qwen3-MoE / OLMoE when the config says so, Qwen2-MoE not);
+- an optional shared expert every token goes through, optionally scaled by its own sigmoid gate
+  (Qwen2-MoE).
+
+Experts run as gathered matmuls over stacked weights ([experts, out, in]), never as a Python loop
+over experts: `mx.gather_mm` (or `mx.gather_qmm` once quantized) multiplies each token by the
+weights of the experts it chose, so decode reads only the selected experts. For prefill the
+(token, expert) pairs are first sorted by expert, so each expert's weights are read once for a
+contiguous run of tokens.
+
+The routers stay in float: they are tiny, and quantizing them flips expert choices. They have no
+`to_quantized`, so `nn.quantize` and loading's quantization predicate leave them alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxmodels.layers.mlp import GatedMLP, activation
+
+# From this many (token, expert) pairs on, sorting them by expert pays for its argsorts: below it
+# (decode: one token, k pairs) the unsorted gather reads the same few experts either way.
+SORT_THRESHOLD = 16
+
+
+class Router(nn.Module):
+    """A bias-free linear map that must stay in float: `weight` is [outputs, inputs]."""
+
+    def __init__(self, dims: int, outputs: int):
+        super().__init__()
+        scale = 1.0 / math.sqrt(dims)
+        self.weight = mx.random.uniform(-scale, scale, (outputs, dims))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x @ self.weight.T
+
+
+class SwitchLinear(nn.Module):
+    """`num_experts` linear maps stacked as one [experts, out, in] weight; x picks one per row."""
+
+    def __init__(self, input_dims: int, output_dims: int, num_experts: int):
+        super().__init__()
+        scale = 1.0 / math.sqrt(input_dims)
+        self.weight = mx.random.uniform(-scale, scale, (num_experts, output_dims, input_dims))
+
+    @property
+    def num_experts(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
+        return mx.gather_mm(x, self.weight.swapaxes(-1, -2), rhs_indices=indices, sorted_indices=sorted_indices)
+
+    def to_quantized(self, group_size: int = None, bits: int = None, mode: str = "affine", **_):
+        return QuantizedSwitchLinear.from_switch_linear(self, group_size, bits, mode)
+
+
+class QuantizedSwitchLinear(nn.Module):
+    """SwitchLinear with every expert's weight quantized on its own (per-expert scales and biases)."""
+
+    def __init__(self, input_dims: int, output_dims: int, num_experts: int, group_size: int = 64,
+                 bits: int = 4, mode: str = "affine"):
+        super().__init__()
+        self.group_size, self.bits, self.mode = group_size, bits, mode
+        zeros = mx.zeros((num_experts, output_dims, input_dims))
+        self.weight, self.scales, *biases = mx.quantize(zeros, group_size, bits, mode=mode)
+        if biases:
+            self.biases = biases[0]
+        self.freeze()
+
+    @classmethod
+    def from_switch_linear(cls, layer: SwitchLinear, group_size=None, bits=None, mode="affine"):
+        E, out_dims, in_dims = layer.weight.shape
+        group_size = group_size or 64
+        bits = bits or 4
+        q = cls(in_dims, out_dims, E, group_size, bits, mode)
+        q.weight, q.scales, *biases = mx.quantize(layer.weight, group_size, bits, mode=mode)
+        if biases:
+            q.biases = biases[0]
+        return q
+
+    def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
+        return mx.gather_qmm(
+            x, self["weight"], self["scales"], self.get("biases"), rhs_indices=indices, transpose=True,
+            group_size=self.group_size, bits=self.bits, mode=self.mode, sorted_indices=sorted_indices,
+        )
+
+
+def _sort_by_expert(x: mx.array, indices: mx.array):
+    """Flatten (token, choice) pairs and order them by expert: x [N, 1, 1, D] -> [N*k, 1, D]."""
+    k = indices.shape[-1]
+    flat = indices.flatten()
+    order = mx.argsort(flat)
+    inverse = mx.argsort(order)
+    x = x.reshape(-1, 1, x.shape[-1])[order // k]
+    return x, flat[order], inverse
+
+
+class SwitchGLU(nn.Module):
+    """Every expert a gated MLP, down(act(gate(x)) * up(x)), on stacked weights."""
+
+    def __init__(self, dims: int, hidden_dims: int, num_experts: int, act: str = "silu"):
+        super().__init__()
+        self.gate_proj = SwitchLinear(dims, hidden_dims, num_experts)
+        self.up_proj = SwitchLinear(dims, hidden_dims, num_experts)
+        self.down_proj = SwitchLinear(hidden_dims, dims, num_experts)
+        self.act = activation(act)
+
+    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        """x [N, D], indices [N, k] -> each chosen expert's output [N, k, D]."""
+        N, k = indices.shape
+        x = x[:, None, None, :]  # [N, 1, 1, D]: one row per token, broadcast over its k choices
+        sort = indices.size >= SORT_THRESHOLD
+        if sort:
+            x, idx, inverse = _sort_by_expert(x, indices)
+        else:
+            idx = indices
+        h = self.act(self.gate_proj(x, idx, sort)) * self.up_proj(x, idx, sort)
+        y = self.down_proj(h, idx, sort)
+        if sort:
+            y = y[inverse]  # back to (token, choice) order: [N*k, 1, D]
+        return y.reshape(N, k, -1)
+
+
+class SparseMoE(nn.Module):
+    """Router + top-k experts (+ optional shared expert). Parameter names follow Qwen2-MoE's:
+    `gate`, `experts.{gate,up,down}_proj`, `shared_expert`, `shared_expert_gate`."""
+
+    def __init__(self, dims: int, hidden_dims: int, num_experts: int, top_k: int, norm_topk_prob: bool,
+                 act: str = "silu", shared_hidden_dims: int = 0, shared_gate: bool = False):
+        super().__init__()
+        self.top_k = top_k
+        self.norm_topk_prob = norm_topk_prob
+        self.gate = Router(dims, num_experts)
+        self.experts = SwitchGLU(dims, hidden_dims, num_experts, act)
+        if shared_hidden_dims:
+            self.shared_expert = GatedMLP(dims, shared_hidden_dims, act)
+            if shared_gate:
+                self.shared_expert_gate = Router(dims, 1)
+
+    def route(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """(expert indices [N, k], their weights [N, k]) for tokens x [N, D]."""
+        probs = mx.softmax(self.gate(x).astype(mx.float32), axis=-1)
+        k = self.top_k
+        # argpartition gives the k largest in no particular order: the weighted sum does not care.
+        indices = mx.stop_gradient(mx.argpartition(-probs, kth=k - 1, axis=-1)[..., :k])
+        weights = mx.take_along_axis(probs, indices, axis=-1)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(axis=-1, keepdims=True)
+        return indices, weights.astype(x.dtype)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        indices, weights = self.route(x)
+        y = (self.experts(x, indices) * weights[..., None]).sum(axis=-2)
+        if "shared_expert" in self:
+            shared = self.shared_expert(x)
+            if "shared_expert_gate" in self:
+                shared = mx.sigmoid(self.shared_expert_gate(x)) * shared
+            y = y + shared
+        return y.reshape(shape)
+
+
+def stack_experts(weights: dict, prefix: str, num_experts: int, names: dict) -> dict:
+    """Replace per-expert tensors `{prefix}.experts.{e}.{hf_name}.{suffix}` by one stacked
+    `{prefix}.experts.{ours}.{suffix}` per projection; `names` maps HF's projection names to ours
+    (Mixtral: w1 -> gate_proj, w3 -> up_proj, w2 -> down_proj). Missing experts are left for the
+    weight check to report by name."""
+    for hf_name, ours in names.items():
+        for suffix in ("weight", "scales", "biases"):
+            keys = [f"{prefix}.experts.{e}.{hf_name}.{suffix}" for e in range(num_experts)]
+            if all(k in weights for k in keys):
+                weights[f"{prefix}.experts.{ours}.{suffix}"] = mx.stack([weights.pop(k) for k in keys])
+    return weights
+
+
+def split_fused_experts(weights: dict, prefix: str) -> dict:
+    """transformers >= 5 keeps experts fused in memory: `experts.gate_up_proj` [E, 2I, D] and
+    `experts.down_proj` [E, D, I] (no `.weight`). Checkpoints written that way are split here."""
+    fused = weights.pop(f"{prefix}.experts.gate_up_proj", None)
+    if fused is not None:
+        half = fused.shape[1] // 2
+        weights[f"{prefix}.experts.gate_proj.weight"] = fused[:, :half]
+        weights[f"{prefix}.experts.up_proj.weight"] = fused[:, half:]
+    down = weights.pop(f"{prefix}.experts.down_proj", None)
+    if down is not None:
+        weights[f"{prefix}.experts.down_proj.weight"] = down
+    return weights
+
+
+def dequantize_router(weights: dict, prefix: str, quantization: dict | None) -> dict:
+    """Routers stay in float: a checkpoint that quantized one (mlx-lm's default recipe does) is
+    dequantized here rather than computed with low-precision routing."""
+    scales = weights.pop(f"{prefix}.scales", None)
+    if scales is None:
+        return weights
+    q = quantization or {}
+    override = q.get(prefix) if isinstance(q.get(prefix), dict) else {}
+    biases = weights.pop(f"{prefix}.biases", None)
+    weights[f"{prefix}.weight"] = mx.dequantize(
+        weights[f"{prefix}.weight"], scales, biases,
+        override.get("group_size", q.get("group_size", 64)), override.get("bits", q.get("bits", 4)),
+        mode=override.get("mode", q.get("mode", "affine")),
+    )
+    return weights

@@ -1,0 +1,172 @@
+"""Mixtral, and the decoder-only MoE transformer the other MoE families switch on.
+
+A Mixtral block is Llama's with the MLP replaced by a sparse MoE (layers/moe.py): softmax router,
+top-k experts, weights renormalised to one. Qwen2-MoE, Qwen3-MoE and OLMoE subclass `ModelArgs`
+and flip switches (shared expert, renormalisation, per-head or full-width q/k norms, dense layers).
+
+Checkpoints keep one tensor per expert (`...experts.7.w1.weight`); `sanitize` stacks them into the
+[experts, out, in] weights the gathered matmuls read, and renames Mixtral's `block_sparse_moe` /
+`w1,w2,w3` to the `mlp` / `gate,down,up_proj` names every MoE family shares here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxmodels.config import ConfigReader
+from mlxmodels.errors import ConfigError
+from mlxmodels.layers.attention import Attention, AttentionSpec
+from mlxmodels.layers.mlp import GatedMLP
+from mlxmodels.layers.moe import SparseMoE, dequantize_router, split_fused_experts, stack_experts
+from mlxmodels.layers.norms import RMSNorm
+from mlxmodels.layers.rope import RoPE
+from mlxmodels.layers.transformer import CausalLM, DecoderLayer, DecoderStack
+from mlxmodels.models import llama
+
+HF_EXPERT_NAMES = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
+MIXTRAL_EXPERT_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+
+
+@dataclass
+class ModelArgs(llama.ModelArgs):
+    num_experts: int = 8
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True
+    shared_expert_intermediate_size: int = 0
+    shared_expert_gate: bool = False
+    sparse_layers: list = field(default_factory=list)  # per layer: MoE (True) or dense MLP (False)
+    qk_norm_full_width: bool = False  # OLMoE: one RMSNorm over all heads' q (and k) together
+    clip_qkv: float | None = None
+    quantization: dict | None = None
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelArgs":
+        base = llama.ModelArgs.from_config(config)
+        fields = moe_fields(config, base, norm_topk_default=True)
+        fields["norm_topk_prob"] = True  # Mixtral always renormalises, whatever the config says
+        return cls(**vars(base), **fields)
+
+
+def moe_fields(config: dict, base: llama.ModelArgs, norm_topk_default: bool) -> dict:
+    """The MoE switches common to every family, validated with errors that name the field."""
+    c = ConfigReader(config)
+    # transformers names the expert count `num_local_experts` (Mixtral, Qwen3-MoE in 5.x) or
+    # `num_experts` (Qwen2-MoE, OLMoE, Qwen3-MoE in 4.x); either may appear.
+    key = "num_experts" if config.get("num_experts") is not None else "num_local_experts"
+    if config.get(key) is None:
+        raise ConfigError(f"{c.source}: missing required field 'num_experts' (or 'num_local_experts')")
+    experts = c.require(key)
+    top_k = c.require("num_experts_per_tok")
+    if top_k > experts:
+        raise ConfigError(
+            f"{c.source}: field 'num_experts_per_tok' is {top_k}, more than the {experts} experts ('{key}')"
+        )
+    layers = base.num_hidden_layers
+    step = c.get("decoder_sparse_step", 1, int)
+    if step <= 0:
+        raise ConfigError(f"{c.source}: field 'decoder_sparse_step' must be positive, got {step}")
+    dense = c.get("mlp_only_layers", [], list)
+    sparse = [(i not in dense) and (i + 1) % step == 0 for i in range(layers)]
+    return dict(
+        num_experts=experts,
+        num_experts_per_tok=top_k,
+        moe_intermediate_size=c.get("moe_intermediate_size", base.intermediate_size, int),
+        norm_topk_prob=c.get("norm_topk_prob", norm_topk_default, bool),
+        sparse_layers=sparse,
+        quantization=config.get("quantization") or config.get("quantization_config"),
+    )
+
+
+class FullWidthNormAttention(Attention):
+    """OLMoE's attention: q and k are RMS-normalised across all heads before being split into
+    heads, and q, k, v may be clipped to ±clip_qkv."""
+
+    def __init__(self, spec: AttentionSpec, clip_qkv: float | None):
+        super().__init__(spec)
+        self.q_norm = RMSNorm(spec.num_heads * spec.head_dim, spec.norm_eps)
+        self.k_norm = RMSNorm(spec.num_kv_heads * spec.head_dim, spec.norm_eps)
+        self.clip_qkv = clip_qkv
+
+    def __call__(self, x, cache=None):
+        B, L, _ = x.shape
+        q, k, v = self.q_norm(self.q_proj(x)), self.k_norm(self.k_proj(x)), self.v_proj(x)
+        if self.clip_qkv is not None:
+            q, k, v = (mx.clip(t, -self.clip_qkv, self.clip_qkv) for t in (q, k, v))
+        q = q.reshape(B, L, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = k.reshape(B, L, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = v.reshape(B, L, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        offset = cache.offset if cache is not None else 0
+        q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+            mask = cache.mask(L)
+        else:
+            mask = "causal" if L > 1 else None
+        out = self._attend(q, k, v, mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class Model(CausalLM):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tie_embeddings = args.tie_word_embeddings
+        self._layer_windows = args.layer_windows
+        rope = RoPE(args.head_dim, args.rope, args.max_position_embeddings)
+        layers = []
+        for window, sparse in zip(args.layer_windows, args.sparse_layers):
+            spec = AttentionSpec(
+                hidden_size=args.hidden_size,
+                num_heads=args.num_attention_heads,
+                num_kv_heads=args.num_key_value_heads,
+                head_dim=args.head_dim,
+                rope=rope,
+                scale=1.0 / math.sqrt(args.head_dim),
+                qkv_bias=args.attention_bias,
+                out_bias=args.out_bias,
+                qk_norm="rms" if args.qk_norm else None,
+                norm_eps=args.rms_norm_eps,
+                sliding_window=window,
+            )
+            if args.qk_norm_full_width:
+                attention = FullWidthNormAttention(spec, args.clip_qkv)
+            else:
+                attention = Attention(spec)
+            if sparse:
+                mlp = SparseMoE(
+                    args.hidden_size, args.moe_intermediate_size, args.num_experts, args.num_experts_per_tok,
+                    args.norm_topk_prob, args.hidden_act, args.shared_expert_intermediate_size,
+                    args.shared_expert_gate,
+                )
+            else:
+                mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.hidden_act, args.mlp_bias)
+            layers.append(DecoderLayer(attention, mlp, RMSNorm, args.hidden_size, args.rms_norm_eps, "pre"))
+        self.model = DecoderStack(
+            args.vocab_size, args.hidden_size, layers, RMSNorm(args.hidden_size, args.rms_norm_eps)
+        )
+        if not self.tie_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def sanitize(self, weights: dict) -> dict:
+        weights = super().sanitize(weights)
+        # Mixtral's names -> the shared ones, and mlx-lm's stacked `switch_mlp` -> `experts`, so
+        # MLX-format (e.g. mlx-community) checkpoints load too.
+        weights = {
+            k.replace(".block_sparse_moe.", ".mlp.").replace(".switch_mlp.", ".experts."): v
+            for k, v in weights.items()
+        }
+        for i, sparse in enumerate(self.args.sparse_layers):
+            if not sparse:
+                continue
+            prefix = f"model.layers.{i}.mlp"
+            weights = split_fused_experts(weights, prefix)
+            for names in (HF_EXPERT_NAMES, MIXTRAL_EXPERT_NAMES):
+                weights = stack_experts(weights, prefix, self.args.num_experts, names)
+            for router in ("gate", "shared_expert_gate"):
+                weights = dequantize_router(weights, f"{prefix}.{router}", self.args.quantization)
+        return weights

@@ -1,0 +1,27 @@
+"""OLMoE: a MoE transformer whose q and k are RMS-normalised across all heads (not per head).
+
+Also: optional clipping of q, k, v to ±`clip_qkv`, `attention_bias` on all four projections, and
+top-k weights renormalised only if `norm_topk_prob`.
+"""
+
+from __future__ import annotations
+
+from mlxmodels.config import ConfigReader
+from mlxmodels.models import llama, mixtral
+from mlxmodels.models.mixtral import Model
+
+
+class ModelArgs(mixtral.ModelArgs):
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelArgs":
+        base = llama.ModelArgs.from_config(config)
+        clip = ConfigReader(config).get("clip_qkv", None, float)
+        return cls(
+            **vars(base),
+            **mixtral.moe_fields(config, base, norm_topk_default=False),
+            qk_norm_full_width=True,
+            clip_qkv=clip,
+        )
+
+
+__all__ = ["Model", "ModelArgs"]

@@ -1,0 +1,190 @@
+"""`benchmark(...)`: load (or synthesise) a model, run the tests on Orchard and optionally a
+comparison engine, and return the JSON document `orchard bench --json` prints."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from mlx.utils import tree_flatten
+
+from mlxmodels.errors import OrchardError
+from mlxmodels.profiling import engines as eng
+from mlxmodels.profiling.machine import engine_info, machine_info, memory_bandwidth
+from mlxmodels.profiling.roofline import weight_bytes_per_token
+from mlxmodels.profiling.runner import add_ratios, prompt_tokens, run_tests
+from mlxmodels.profiling.store import data_dir
+
+COMPARE = ("mlx-lm", "llama.cpp")
+
+
+def parameter_count(model) -> int:
+    """The model's logical parameter count: quantized matrices count rows x columns (from their
+    scales' shape, whatever their bits), and an LM head tied to the embedding counts once even when
+    the CPU policy keeps a separate fp32 copy of it."""
+    tied = bool(model.info.config.get("tie_word_embeddings", False))
+    total = 0
+    for path, module in model.named_modules():
+        if tied and path.startswith("lm_head"):
+            continue
+        own = dict(tree_flatten(module.parameters()))
+        own = {k: v for k, v in own.items() if "." not in k}  # this module's arrays, not its children's
+        if "scales" in own and hasattr(module, "group_size"):
+            total += own["scales"].size * module.group_size + sum(v.size for k, v in own.items()
+                                                                   if k not in ("weight", "scales", "biases"))
+        else:
+            total += sum(v.size for v in own.values())
+    return total
+
+
+def model_record(model, name: str, source: str, load_time: float) -> dict:
+    info = model.info
+    q = info.quantization
+    quant = None
+    if q:
+        # Checkpoint bits per weight: the packed bits plus one 16-bit scale and bias per group
+        # (mlx-lm's layout; the CPU policy may compute from an fp32 copy, see cpu_weights).
+        quant = {"bits": q["bits"], "group_size": q["group_size"], "bits_per_weight": q["bits"] + 32 / q["group_size"]}
+    return {
+        "name": name, "source": source, "model_type": info.model_type, "quantization": quant,
+        "parameters": parameter_count(model),
+        "checkpoint_dtype": info.checkpoint_dtype, "compute_dtype": info.compute_dtype,
+        "cpu_weights": info.cpu_weights, "load_time_s": load_time,
+        "weight_bytes_per_token": weight_bytes_per_token(model),
+    }
+
+
+def _check_compare(compare: str | None, model_ref, synthetic: str | None) -> None:
+    """Refuse an impossible comparison before spending minutes loading a model."""
+    if compare is None:
+        return
+    if compare not in COMPARE:
+        raise OrchardError(f"--compare: unknown engine '{compare}' (choose from {', '.join(COMPARE)})")
+    if compare == "mlx-lm":
+        import importlib.util
+
+        if importlib.util.find_spec("mlx_lm") is None:
+            raise OrchardError("--compare mlx-lm needs the mlx-lm package, which is not installed (pip install mlx-lm)")
+    if compare == "llama.cpp":
+        if not eng.llama_cpp_available():
+            raise OrchardError("--compare llama.cpp needs llama-cpp-python, which is not installed "
+                               "(pip install llama-cpp-python)")
+        if synthetic:
+            raise OrchardError("--compare llama.cpp needs a GGUF model; synthetic models have none")
+        _gguf_for(model_ref)
+
+
+def _gguf_for(model_ref) -> Path:
+    if model_ref is None:
+        from mlxmodels.default_model import default_gguf
+
+        return Path(default_gguf())
+    path = Path(str(model_ref)).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return path
+    raise OrchardError(f"--compare llama.cpp: '{model_ref}' is not a .gguf file (llama.cpp runs GGUF models only)")
+
+
+def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = None, bits: int = 4,
+              group_size: int = 64, compare: str | None = None, baseline_dtype: str = "float32",
+              cpu_weights: str = "auto", prefill_step: int = 512, batch: int = 1,
+              progress: Callable[[str], None] = lambda s: None) -> dict:
+    if repetitions < 1:
+        raise OrchardError(f"-r/--repetitions must be at least 1, got {repetitions}")
+    if prefill_step < 1:
+        raise OrchardError(f"--prefill-step must be at least 1, got {prefill_step}")
+    if batch < 1:
+        raise OrchardError(f"--batch must be at least 1, got {batch}")
+    if batch > 1 and compare:
+        raise OrchardError(f"--batch {batch} runs Orchard only; --compare measures single-sequence generation")
+    _check_compare(compare, model_ref, synthetic)
+    if synthetic:
+        from mlxmodels.profiling.synthetic import preset_config
+
+        preset_config(synthetic, bits, group_size)  # bad names fail now, not after the bandwidth probe
+    machine = machine_info()
+    bandwidth, source = memory_bandwidth(machine, data_dir() / "bench" / "bandwidth.json")
+    machine.update(bandwidth_gbps=bandwidth, bandwidth_source=source)
+
+    t0 = time.perf_counter()
+    weights = config = tokenizer = None
+    if synthetic:
+        from mlxmodels.profiling.synthetic import build_synthetic
+
+        progress(f"building synthetic {synthetic} ({bits}-bit random weights)…")
+        model, weights, config = build_synthetic(
+            synthetic, bits, group_size, cpu_weights,
+            progress=lambda i, n: progress(f"building synthetic {synthetic}: tensor {i}/{n}"))
+        name, source_ref = f"synthetic:{synthetic}", f"synthetic preset {synthetic} (random weights)"
+    else:
+        from mlxmodels import load
+
+        model, tokenizer = load(model_ref, progress=progress, cpu_weights=cpu_weights)
+        name = Path(model.info.path).name if model_ref is None else str(model_ref)
+        source_ref = str(model.info.path)
+    load_time = time.perf_counter() - t0
+
+    longest = max(t.depth + max(t.n_prompt, 1) + t.n_gen for t in tests) + 1
+    limit = model.info.context_length
+    if limit and longest > limit:
+        raise OrchardError(f"the longest test needs {longest} tokens of context; {name} has {limit}")
+    vocab = model.info.config.get("vocab_size") or 32000
+    prompt = prompt_tokens(tokenizer, vocab, max(max(t.n_prompt for t in tests), 1), seed=0)
+    context = prompt_tokens(None, vocab, max(t.depth for t in tests), seed=1)  # depth filler: any tokens do
+
+    engines = [eng.OrchardEngine(model, prefill_step, batch)]
+    weight_bytes = [weight_bytes_per_token(model)]
+    baseline_model = None
+    if compare == "mlx-lm":
+        progress("loading the model in mlx-lm…")
+        t1 = time.perf_counter()
+        as_f32 = baseline_dtype == "float32"
+        if synthetic:
+            other = eng.MlxLmEngine.from_weights(config, weights, as_f32, prefill_step)
+        else:
+            if Path(model.info.path).is_file():
+                raise OrchardError(f"--compare mlx-lm: mlx-lm cannot load a .gguf file ({model.info.path}); "
+                                   "convert it or pass the MLX model directory")
+            other = eng.MlxLmEngine.load(model.info.path, as_f32, prefill_step)
+        baseline_model = {"name": name, "load_time_s": time.perf_counter() - t1,
+                          "weight_bytes_per_token": weight_bytes_per_token(other.model, model.info.config)}
+        engines.append(other)
+        weight_bytes.append(baseline_model["weight_bytes_per_token"])
+    elif compare == "llama.cpp":
+        gguf = _gguf_for(model_ref)
+        t1 = time.perf_counter()
+        other = eng.LlamaCppEngine(gguf, n_ctx=longest + 16, prefill_step=prefill_step)
+        baseline_model = {"name": gguf.name, "load_time_s": time.perf_counter() - t1,
+                          "weight_bytes_per_token": gguf.stat().st_size}
+        engines.append(other)
+        weight_bytes.append(gguf.stat().st_size)
+
+    rows = run_tests(engines, tests, repetitions, prompt, context, weight_bytes, bandwidth, progress)
+    engine = {**engine_info(), "label": engines[0].label}
+    doc = {
+        "machine": machine, "engine": engine,
+        "model": model_record(model, name, source_ref, load_time),
+        "settings": {"repetitions": repetitions, "batch": batch, "warmup": True, "sampling": "greedy",
+                     "prefill_step": prefill_step,
+                     "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     "prompt": "synthetic random ids" if tokenizer is None else "assets/bench_prompt.txt"},
+        "results": rows[0],
+    }
+    if compare:
+        other = engines[1]
+        doc["baseline"] = {"engine": {"name": other.name, "label": other.label, **_baseline_versions(other.name)},
+                           "model": baseline_model, "results": rows[1]}
+        add_ratios(doc["results"], rows[1])
+    return doc
+
+
+def _baseline_versions(name: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = {"mlx-lm": "mlx-lm", "llama.cpp": "llama-cpp-python"}[name]
+    try:
+        return {"version": version(package)}
+    except PackageNotFoundError:
+        return {"version": None}

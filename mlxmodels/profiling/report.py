@@ -1,0 +1,161 @@
+"""Rendering benchmark documents: Markdown (default), CSV, and cross-run comparison reports with a
+terminal bar plot (and a PNG chart)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from mlxmodels.profiling.runner import FIGURES
+
+FIGURE_LABELS = {"ttft_ms": "TTFT ms", "ttft_cached_ms": "TTFT cached ms", "prefill_tps": "prefill t/s",
+                 "decode_tps": "decode t/s"}
+METRICS = ("decode_tps", "prefill_tps", "ttft_ms", "ttft_cached_ms")
+
+
+def fmt_stat(stat: dict | None, digits: int = 1) -> str:
+    if not stat:
+        return "–"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _fmt(x, digits=2, suffix="") -> str:
+    return "–" if x is None else f"{x:.{digits}f}{suffix}"
+
+
+def _roof(row: dict) -> str:
+    r = row.get("roofline")
+    if not r or r.get("achieved_gbps") is None:
+        return "–"
+    pct = r.get("percent_of_bandwidth")
+    return f"{r['achieved_gbps']:.1f}" + (f" ({pct:.0f}%)" if pct is not None else "")
+
+
+def describe_model(model: dict) -> str:
+    q = model.get("quantization")
+    quant = f"{q['bits']}-bit g{q['group_size']}, {q['bits_per_weight']:.2f} bpw" if q else "unquantized"
+    return f"{model['name']} ({model.get('model_type')}, {quant}, computes {model.get('compute_dtype')})"
+
+
+def markdown(doc: dict) -> str:
+    m, e, model = doc["machine"], doc["engine"], doc["model"]
+    bw = m.get("bandwidth_gbps")
+    lines = [
+        f"**machine** {m.get('chip')} · {m.get('cpu_cores')} cores · {m.get('memory_gb')} GB · {m.get('os')} · "
+        f"{m.get('backend')} backend · memory bandwidth "
+        + (f"{bw:.1f} GB/s ({m.get('bandwidth_source')})" if bw else "unknown"),
+        f"**model** {describe_model(model)} · loaded in {model['load_time_s']:.2f} s · "
+        f"{model['weight_bytes_per_token'] / 1e6:.1f} MB of weights read per token",
+        f"**engine** {e['label']} · mlx {e.get('mlx')} · commit {e.get('commit')} · greedy, "
+        f"{doc['settings']['repetitions']} repetitions after a warm-up",
+    ]
+    if "baseline" in doc:
+        lines.append(f"**baseline** {doc['baseline']['engine']['label']} · runs interleaved with Orchard's (A B A B)")
+    lines.append("")
+    header = ["test", "engine", *FIGURE_LABELS.values(), "peak MLX GB", "peak RSS GB", "decode GB/s (% of bw)"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    base = doc.get("baseline", {}).get("results")
+    for i, row in enumerate(doc["results"]):
+        engines = [("orchard", row)] + ([(doc["baseline"]["engine"]["name"], base[i])] if base else [])
+        for name, r in engines:
+            digits = {"ttft_ms": 1, "ttft_cached_ms": 1, "prefill_tps": 1, "decode_tps": 1}
+            cells = [r["test"], name, *(fmt_stat(r[f], digits[f]) for f in FIGURES),
+                     _fmt(r["peak_memory_gb"]), _fmt(r["peak_rss_gb"]), _roof(r)]
+            lines.append("| " + " | ".join(cells) + " |")
+        if base:
+            ratio = row["ratio"]
+            cells = [row["test"], "**orchard / baseline**", *(_fmt(ratio[f], 2, "x") for f in FIGURES), "", "", ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    if base:
+        lines.append("")
+        lines.append("Ratios: below 1x is better for TTFT, above 1x is better for tokens/s.")
+    return "\n".join(lines) + "\n"
+
+
+def _flat_rows(doc: dict):
+    runs = [("orchard", doc["engine"], doc["results"])]
+    if "baseline" in doc:
+        b = doc["baseline"]
+        runs.append((b["engine"]["name"], b["engine"], b["results"]))
+    for name, engine, results in runs:
+        for r in results:
+            yield name, engine, r
+
+
+def to_csv(doc: dict) -> str:
+    """One line per engine and test; each figure as mean/std/min/max columns."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    stat_cols = [f"{f}_{k}" for f in FIGURES for k in ("mean", "std", "min", "max")]
+    w.writerow(["chip", "backend", "model", "engine", "test", "n_prompt", "n_gen", "depth", *stat_cols,
+                "peak_memory_gb", "peak_rss_gb", "achieved_gbps", "percent_of_bandwidth", "repetitions"])
+    for name, engine, r in _flat_rows(doc):
+        stats = [("" if r[f] is None else r[f][k]) for f in FIGURES for k in ("mean", "std", "min", "max")]
+        roof = r.get("roofline") or {}
+        w.writerow([doc["machine"].get("chip"), doc["machine"].get("backend"), doc["model"]["name"], name,
+                    r["test"], r["n_prompt"], r["n_gen"], r["depth"], *stats,
+                    "" if r["peak_memory_gb"] is None else r["peak_memory_gb"], r["peak_rss_gb"],
+                    "" if roof.get("achieved_gbps") is None else roof["achieved_gbps"],
+                    "" if roof.get("percent_of_bandwidth") is None else roof["percent_of_bandwidth"],
+                    len(r["samples"])])
+    return out.getvalue()
+
+
+# --- comparing runs ---------------------------------------------------------------------------
+
+def comparison_rows(records: list[dict], metric: str) -> list[dict]:
+    """One entry per (run, engine, test) that measured `metric`."""
+    rows = []
+    for rec in records:
+        for name, engine, r in _flat_rows(rec):
+            stat = r.get(metric)
+            if not stat:
+                continue
+            rows.append({"chip": rec["machine"].get("chip") or "?", "backend": rec["machine"].get("backend"),
+                         "model": rec["model"]["name"], "engine": name, "stat": stat,
+                         "test": r["test"] + (f" b{r['batch']}" if r.get("batch", 1) > 1 else ""),
+                         "when": rec.get("settings", {}).get("timestamp", "")})
+    return rows
+
+
+def comparison_table(rows: list[dict], metric: str) -> str:
+    header = ["chip", "backend", "model", "engine", "test", FIGURE_LABELS[metric], "min", "max", "when"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        s = r["stat"]
+        lines.append("| " + " | ".join([r["chip"], str(r["backend"]), r["model"], r["engine"], r["test"],
+                                        fmt_stat(s), f"{s['min']:.1f}", f"{s['max']:.1f}", r["when"]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _bar_label(r: dict, rows: list[dict]) -> str:
+    """Only the fields that differ between rows, so labels stay short."""
+    keys = [k for k in ("chip", "model", "engine", "test", "when") if len({x[k] for x in rows}) > 1]
+    return " · ".join(str(r[k]) for k in keys) or r["test"]
+
+
+def terminal_plot(rows: list[dict], metric: str, width: int = 40) -> str:
+    """Horizontal bars with eighth-block resolution, longest bar = the best (or largest) value."""
+    if not rows:
+        return ""
+    labels = [_bar_label(r, rows) for r in rows]
+    pad = max(len(lbl) for lbl in labels)
+    vmax = max(r["stat"]["mean"] for r in rows) or 1.0
+    blocks = " ▏▎▍▌▋▊▉█"
+    lines = [f"{FIGURE_LABELS[metric]} (mean)"]
+    for label, r in zip(labels, rows):
+        eighths = int(round(width * 8 * r["stat"]["mean"] / vmax))
+        bar = "█" * (eighths // 8) + (blocks[eighths % 8] if eighths % 8 else "")
+        lines.append(f"{label.ljust(pad)} │{bar} {r['stat']['mean']:.1f}")
+    return "\n".join(lines) + "\n"
+
+
+def png_chart(rows: list[dict], metric: str, path: Path) -> None:
+    from mlxmodels.profiling.png import bar_chart, write_png
+
+    engines = sorted({r["engine"] for r in rows})
+    bars = [(_bar_label(r, rows), r["stat"]["mean"], engines.index(r["engine"])) for r in rows]
+    unit = "ms" if metric.startswith("ttft") else "t/s"
+    write_png(path, bar_chart(f"orchard bench: {FIGURE_LABELS[metric]}", bars, unit))
