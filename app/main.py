@@ -13,9 +13,10 @@ import sys
 import mlxmodels  # noqa: F401  (first: it selects a fast BLAS before anything loads mlx.core)
 from app import bench as bench_command
 from app import chat as chat_command
+from app import convert as convert_command
 from app import run as run_command
 
-SUBCOMMANDS = [chat_command, run_command, bench_command]
+SUBCOMMANDS = [chat_command, run_command, convert_command, bench_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         # Plain `orchard` (top-level options only) opens the chat.
         args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), "chat"])
+    from metal_kernels import kernel_mode
     from mlxmodels.errors import OrchardError
 
     try:
+        _check_environment(kernel_mode)
         return args.handler(args) or 0
     except OrchardError as e:
         if args.debug:
@@ -69,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         # e.g. `orchard run ... | head`: the reader left; not an error worth a traceback.
         sys.stderr.close()
         return 0
+
+
+def _check_environment(kernel_mode) -> None:
+    """Settings read deep inside the engine, checked up front so a typo is one clear line."""
+    from mlxmodels.errors import OrchardError
+
+    try:
+        kernel_mode()  # ORCHARD_KERNELS
+    except ValueError as e:
+        raise OrchardError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -127,3 +127,9 @@ def test_debug_shows_the_traceback(tmp_path):
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     debug = subprocess.run(base + ["--debug"] + args, capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_bad_kernel_mode_setting(capsys, monkeypatch):
+    monkeypatch.setenv("ORCHARD_KERNELS", "turbo")
+    code, err = run_cli(capsys, "--prompt", "hi")
+    assert_one_line_error(code, err, "ORCHARD_KERNELS", "turbo")
