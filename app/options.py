@@ -6,7 +6,9 @@ import argparse
 
 from mlxmodels.sampling import SamplingParams
 
-FALLBACK_SAMPLING = {"temperature": 0.7, "top_p": 0.95}
+# Without a generation_config.json: greedy, like mlx-lm and like `orchard chat` (see ChatParams for
+# why small models need it).
+FALLBACK_SAMPLING = {"temperature": 0.0, "top_p": 1.0}
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +25,7 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("sampling (defaults: the model's generation_config.json, else temp 0.7, top-p 0.95)")
+    g = parser.add_argument_group("sampling (defaults: the model's generation_config.json, else greedy)")
     g.add_argument("--temp", type=float, default=None, help="temperature; 0 is greedy")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (0, 1]")
     g.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0: off)")

@@ -34,9 +34,11 @@ MAX_SNAPSHOTS = 4  # end-of-turn snapshots kept for caches that cannot rewind (b
 class ChatParams:
     """What a conversation lets the user set (stored with it)."""
 
-    # Cooler than `orchard run`'s 0.7 / 0.95: small chat models (the 135M default) drift off topic
-    # at 0.7 within a sentence; SmolLM2's authors suggest 0.2 / 0.9. A model's generation_config wins.
-    temperature: float = 0.2
+    # Greedy unless the model's generation_config.json says otherwise (it wins; see app/chat). The
+    # default 135M model (Q4_1) has near-ties where it matters: for "What is the capital of France?"
+    # its first-token logits are "The" 25.33 vs "L" 25.24, so even temperature 0.2 starts half the
+    # answers with "L'Étoile…" (measured 4/8); greedy answers "The capital of France is Paris."
+    temperature: float = 0.0
     top_p: float = 0.9
     top_k: int = 0
     max_tokens: int = 512

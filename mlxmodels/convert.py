@@ -95,10 +95,19 @@ class Source:
     names: list  # one entry per unit: a float tensor, or a quantized module's ".weight"
     path: Path
 
-    def load(self, name: str) -> dict:  # {name: array} or {module.weight/.scales/.biases}
+    def load(self, name: str, dtype: mx.Dtype | None = None) -> dict:
+        """{name: array} or {module.weight/.scales/.biases}; `dtype`: a hint for dequantized data."""
         raise NotImplementedError
 
     def nbytes(self, name: str) -> int:
+        raise NotImplementedError
+
+    def quant_layout(self, module: str, arrays: dict) -> tuple[int, int]:
+        """(bits, group_size) of a quantized module of the source."""
+        raise NotImplementedError
+
+    def float_dtype(self) -> mx.Dtype:
+        """The source's float dtype, known without reading any data."""
         raise NotImplementedError
 
     def save_tokenizer(self, directory: Path) -> bool:
@@ -125,7 +134,7 @@ class DirectorySource(Source):
         ]
         self._quantized = quantized
 
-    def load(self, name: str) -> dict:
+    def load(self, name: str, dtype: mx.Dtype | None = None) -> dict:
         module = name.rpartition(".")[0]
         if module in self._quantized and name.endswith(".weight"):
             return {f"{module}.{p}": self.weights[f"{module}.{p}"] for p in ("weight", "scales", "biases")
@@ -134,6 +143,22 @@ class DirectorySource(Source):
 
     def nbytes(self, name: str) -> int:
         return sum(v.nbytes for v in self.load(name).values())
+
+    def float_dtype(self) -> mx.Dtype:
+        floats = [v.dtype for v in self.weights.values() if mx.issubdtype(v.dtype, mx.floating)]
+        return floats[0] if floats else mx.float32
+
+    def quant_layout(self, module: str, arrays: dict) -> tuple[int, int]:
+        # The shapes alone are ambiguous (4 bits / group 64 packs like 8 bits / group 32): the
+        # config's `quantization` block (with per-module entries) says which.
+        from mlxmodels.loading import quantization_settings
+
+        q = quantization_settings(self.config) or {}
+        entry = q.get(module)
+        entry = entry if isinstance(entry, dict) else q
+        if "bits" not in entry:
+            raise WeightsError(f"{self.path}: '{module}' is quantized but config.json has no 'quantization' for it")
+        return int(entry["bits"]), int(entry["group_size"])
 
     def save_tokenizer(self, directory: Path) -> bool:
         copied = False
@@ -158,11 +183,19 @@ class GGUFFileSource(Source):
         self.config = self.gguf.config
         self.names = self.gguf.names
 
-    def load(self, name: str) -> dict:
-        return self.gguf.load(name)
+    def load(self, name: str, dtype: mx.Dtype | None = None) -> dict:
+        return self.gguf.load(name, dtype)
 
     def nbytes(self, name: str) -> int:
         return self.gguf.nbytes(name)
+
+    def float_dtype(self) -> mx.Dtype:
+        return mx.bfloat16 if "BF16" in self.gguf.tensor_types() else mx.float16
+
+    def quant_layout(self, module: str, arrays: dict) -> tuple[int, int]:
+        # Q4_0 / Q4_1 / Q8_0: blocks of 32, 4 or 8 bits.
+        w, s = arrays[f"{module}.weight"], arrays[f"{module}.scales"]
+        return w.shape[-1] * 32 // (s.shape[-1] * 32), 32
 
     def save_tokenizer(self, directory: Path) -> bool:
         from mlxmodels.tokenizer import gguf_hf_tokenizer
@@ -225,16 +258,6 @@ def mixed_recipe(module: str, bits: int, num_layers: int) -> int:
 # -------------------------------------------------------------------------------------- conversion
 
 
-def _quant_layout(arrays: dict, module: str) -> tuple[int, int]:
-    """(bits, group_size) of an MLX-quantized module from its array shapes."""
-    w, s = arrays[f"{module}.weight"], arrays[f"{module}.scales"]
-    for group_size in (32, 64, 128):
-        bits = w.shape[-1] * 32 // (s.shape[-1] * group_size)
-        if bits in BITS and w.shape[-1] * 32 == s.shape[-1] * group_size * bits:
-            return bits, group_size
-    raise WeightsError(f"{module}: quantized tensor with an unrecognised layout {tuple(w.shape)}/{tuple(s.shape)}")
-
-
 class _ShardWriter:
     """Collects evaluated tensors and writes a shard whenever the next tensor would overflow it."""
 
@@ -280,17 +303,16 @@ class _ShardWriter:
 def _out_dtype(options: ConvertOptions, source: Source) -> mx.Dtype:
     if options.dtype:
         return DTYPES[options.dtype]
-    for name in source.names[:8]:
-        for value in source.load(name).values():
-            if value.dtype == mx.bfloat16:
-                return mx.bfloat16  # bf16 checkpoints may hold values beyond float16's range
-    return mx.float16
+    # bf16 checkpoints may hold values beyond float16's range: they stay bf16.
+    return mx.bfloat16 if source.float_dtype() == mx.bfloat16 else mx.float16
 
 
 def _check_disk(out: Path, source: Source, options: ConvertOptions) -> None:
     total = sum(source.nbytes(n) for n in source.names)
-    # Upper bound of the output: float32 everything (dequantize/--dtype float32) or the source size.
-    need = total * (4 if options.dequantize or options.dtype == "float32" else 1) // (1 if options.dequantize else 2)
+    # A generous estimate of the output: quantizing writes at most ~8.5/16 of a float16 source (kept
+    # quantized tensors do not grow); dequantizing can grow 4-bit data 4x (float16) or 8x (float32).
+    wide = options.dtype == "float32"
+    need = total * (8 if wide else 4) if options.dequantize else int(total * 0.6 * (2 if wide else 1))
     free = shutil.disk_usage(out.parent).free
     if free < need:
         raise OrchardError(
@@ -326,10 +348,10 @@ def convert(src, out, options: ConvertOptions | None = None, progress: Progress 
     with atomic_directory(out, overwrite=options.force) as tmp:
         writer = _ShardWriter(tmp, options.max_shard_bytes)
         for name in source.names:
-            arrays = source.load(name)
-            size_in = sum(v.nbytes for v in arrays.values())
+            arrays = source.load(name, out_dtype)
+            size_in = source.nbytes(name)
             module = name.rpartition(".")[0]
-            converted = _convert_unit(name, module, arrays, modules, options, out_dtype, num_layers, layouts)
+            converted = _convert_unit(source, name, module, arrays, modules, options, out_dtype, num_layers, layouts)
             mx.eval(converted)
             writer.add(converted)
             for k, v in converted.items():
@@ -344,6 +366,7 @@ def convert(src, out, options: ConvertOptions | None = None, progress: Progress 
             result.largest_tensor = max(result.largest_tensor, size_in)
             result.size_before += size_in
             del arrays, converted
+            mx.clear_cache()  # freed buffers would otherwise pile up in MLX's cache
             done += size_in
             if progress:
                 progress(done, total, name)
@@ -369,30 +392,57 @@ def _hook(point: str) -> None:
         time.sleep(float(delay))
 
 
-def _convert_unit(name, module, arrays, modules, options, out_dtype, num_layers, layouts) -> dict:
+def _convert_unit(source, name, module, arrays, modules, options, out_dtype, num_layers, layouts) -> dict:
     """One tensor (or one quantized module's triple) as it is written to the output."""
-    quantized_in = f"{module}.scales" in arrays
-    if quantized_in:
-        src_bits, src_group = _quant_layout(arrays, module)
+    if f"{module}.scales" in arrays:
+        src_bits, src_group = source.quant_layout(module, arrays)
         target = None if options.dequantize else _target_bits(module, options, num_layers)
         if target is not None and src_bits <= target:
             # Already at or below the bits asked for: requantizing could only add error. Kept as is.
             layouts[module] = (src_bits, src_group)
             return {k: (v if k.endswith(".weight") else v.astype(out_dtype)) for k, v in arrays.items()}
-        w = mx.dequantize(arrays[f"{module}.weight"], arrays[f"{module}.scales"], arrays.get(f"{module}.biases"),
-                          group_size=src_group, bits=src_bits)
-        arrays = {f"{module}.weight": w}
-        if options.dequantize or module not in modules:
-            return {f"{module}.weight": w.astype(out_dtype)}
+        parts = [arrays[f"{module}.{p}"] for p in ("weight", "scales", "biases") if f"{module}.{p}" in arrays]
+
+        def dequantize(w, scales, biases=None):
+            return mx.dequantize(w, scales, biases, group_size=src_group, bits=src_bits)
+
+        if target is None or module not in modules:
+            return {f"{module}.weight": _by_rows(lambda *a: (dequantize(*a).astype(out_dtype),), parts)[0]}
+        layouts[module] = (target, options.group_size)
+        return _quantized(module, _by_rows(
+            lambda *a: mx.quantize(dequantize(*a).astype(out_dtype), group_size=options.group_size, bits=target),
+            parts))
     value = arrays[name]
     if name.endswith(".weight") and module in modules and mx.issubdtype(value.dtype, mx.floating):
         bits = _target_bits(module, options, num_layers)
-        w, scales, biases = mx.quantize(value.astype(out_dtype), group_size=options.group_size, bits=bits)
         layouts[module] = (bits, options.group_size)
-        return {f"{module}.weight": w, f"{module}.scales": scales, f"{module}.biases": biases}
+        return _quantized(module, _by_rows(
+            lambda w: mx.quantize(w.astype(out_dtype), group_size=options.group_size, bits=bits), [value]))
     if mx.issubdtype(value.dtype, mx.floating):
         return {name: value.astype(out_dtype)}
     return {name: value}
+
+
+def _quantized(module: str, triple) -> dict:
+    return dict(zip((f"{module}.weight", f"{module}.scales", f"{module}.biases"), triple))
+
+
+def _by_rows(fn, inputs: list) -> list:
+    """`fn` applied to blocks of rows of `inputs` (same leading shape), results concatenated.
+
+    Quantization groups never span rows, so the result is exactly that of one call; evaluating a
+    block at a time keeps the float temporaries of a large embedding small.
+    """
+    lead = inputs[0].shape[:-1]
+    flat = [x.reshape(-1, x.shape[-1]) for x in inputs]
+    step = max(1, (1 << 22) // max(x.shape[-1] for x in flat))
+    blocks = []
+    for i in range(0, flat[0].shape[0], step):
+        out = fn(*(x[i : i + step] for x in flat))
+        mx.eval(out)
+        blocks.append(out)
+    joined = [mx.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*blocks)]
+    return [x.reshape(*lead, x.shape[-1]) for x in joined]
 
 
 def _target_bits(module: str, options: ConvertOptions, num_layers: int) -> int:

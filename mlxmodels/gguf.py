@@ -61,12 +61,6 @@ class GGUFModel:
     tokenizer_metadata: dict
 
 
-def _scalar(value):
-    if isinstance(value, mx.array):
-        return value.item() if value.size == 1 else np.array(value)
-    return value
-
-
 def _hf_name(name: str, arch: str = "llama") -> str | None:
     base, _, kind = name.rpartition(".")  # kind: weight / scales / biases / bias
     layer_names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
@@ -92,11 +86,25 @@ def _unpermute_rows(w: mx.array, heads: int) -> mx.array:
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
 
-def check_gguf(path: Path) -> None:
-    """Walk the GGUF header with bounds checks before MLX parses it.
+_SCALAR_FORMATS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8",
+                   11: "<i8", 12: "<f8"}
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dims: list  # ggml order: innermost (row length) first
+    ggml_type: int
+    offset: int  # absolute, in the file
+    nbytes: int
+
+
+def check_gguf(path: Path) -> tuple[dict, list]:
+    """Walk the GGUF header with bounds checks; return its metadata and tensor table.
 
     MLX's parser trusts the file (a garbage header can crash the process), so we check the magic,
     the version, every metadata entry and every tensor's byte range against the file size first.
+    Numeric metadata arrays come back as numpy arrays, strings as str (as `mx.load` gave them).
     """
     import mmap
 
@@ -120,7 +128,7 @@ def check_gguf(path: Path) -> None:
             pos += n
             return value if len(value) > 1 else value[0]
 
-        def skip_string() -> bytes:
+        def read_string() -> bytes:
             nonlocal pos
             n = take("<Q")
             if pos + n > size:
@@ -128,25 +136,27 @@ def check_gguf(path: Path) -> None:
             pos += n
             return m[pos - n : pos]
 
-        def skip_value(kind: int, depth: int = 0):
+        def read_value(kind: int, depth: int = 0):
             nonlocal pos
             if kind in _SCALAR_SIZES:
                 if pos + _SCALAR_SIZES[kind] > size:
                     bad("truncated header")
+                value = np.frombuffer(m, dtype=_SCALAR_FORMATS[kind], count=1, offset=pos)[0].item()
                 pos += _SCALAR_SIZES[kind]
-            elif kind == 8:
-                skip_string()
-            elif kind == 9 and depth == 0:
+                return value
+            if kind == 8:
+                return read_string().decode("utf-8", "replace")
+            if kind == 9 and depth == 0:
                 item, count = take("<I"), take("<Q")
                 if item in _SCALAR_SIZES:
-                    pos += _SCALAR_SIZES[item] * count
-                    if pos > size:
+                    end = pos + _SCALAR_SIZES[item] * count
+                    if end > size:
                         bad("truncated header")
-                else:
-                    for _ in range(count):
-                        skip_value(item, depth + 1)
-            else:
-                bad(f"unknown metadata value type {kind}")
+                    value = np.frombuffer(m, dtype=_SCALAR_FORMATS[item], count=count, offset=pos).copy()
+                    pos = end
+                    return value
+                return [read_value(item, depth + 1) for _ in range(count)]
+            bad(f"unknown metadata value type {kind}")
 
         if m[:4] != b"GGUF":
             bad("no GGUF magic number")
@@ -155,41 +165,36 @@ def check_gguf(path: Path) -> None:
         if version not in (2, 3):
             bad(f"unsupported GGUF version {version}")
         tensor_count, kv_count = take("<Q"), take("<Q")
-        alignment = 32
+        metadata = {}
         for _ in range(kv_count):
-            key = skip_string()
-            kind = take("<I")
-            if key == b"general.alignment" and kind == 4:
-                alignment = struct.unpack_from("<I", m, pos)[0]
-            skip_value(kind)
+            key = read_string().decode("utf-8", "replace")
+            metadata[key] = read_value(take("<I"))
+        alignment = metadata.get("general.alignment", 32)
+        if not isinstance(alignment, int) or alignment <= 0:
+            bad(f"bad general.alignment {alignment!r}")
         tensors = []
         for _ in range(tensor_count):
-            name = skip_string().decode("utf-8", "replace")
+            name = read_string().decode("utf-8", "replace")
             n_dims = take("<I")
             if n_dims > 4:
                 bad(f"tensor '{name}' has {n_dims} dimensions")
             dims = [take("<Q") for _ in range(n_dims)]
             ggml_type, offset = take("<I"), take("<Q")
-            tensors.append((name, dims, ggml_type, offset))
+            tensors.append(TensorInfo(name, dims, ggml_type, offset, 0))
         data_start = (pos + alignment - 1) // alignment * alignment
-        for name, dims, ggml_type, offset in tensors:
+        for t in tensors:
             try:
-                block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+                block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(t.ggml_type)]
             except (ValueError, KeyError):
-                bad(f"tensor '{name}' has unknown type {ggml_type}")
+                bad(f"tensor '{t.name}' has unknown type {t.ggml_type}")
             count = 1
-            for d in dims:
+            for d in t.dims:
                 count *= d
-            if data_start + offset + count // block * block_bytes > size:
-                bad(f"tensor '{name}' extends past the end of the file")
-
-
-def _field_value(field):
-    """A metadata value as `read_gguf` has always exposed it: numeric arrays as numpy arrays."""
-    value = field.contents()
-    if isinstance(value, list) and value and not isinstance(value[0], (str, list)):
-        return np.array(value)
-    return value
+            t.offset += data_start
+            t.nbytes = count // block * block_bytes
+            if t.offset + t.nbytes > size:
+                bad(f"tensor '{t.name}' extends past the end of the file")
+    return metadata, tensors
 
 
 def _pack(q: np.ndarray, bits: int) -> np.ndarray:
@@ -233,21 +238,16 @@ class GGUFSource:
     """
 
     def __init__(self, path: Path):
-        from gguf import GGUFReader
-
         self.path = path = Path(path)
-        check_gguf(path)
-        try:
-            self.reader = GGUFReader(path)
-        except Exception as e:  # the gguf package raises ValueError/KeyError/struct errors
-            raise WeightsError(f"{path}: corrupt or truncated GGUF file ({e})") from None
-        self.metadata = {k: _field_value(f) for k, f in self.reader.fields.items() if not k.startswith("GGUF.")}
+        metadata, tensors = check_gguf(path)
+        self.metadata = metadata
+        self._map = np.memmap(path, dtype=np.uint8, mode="r")
         self.arch = arch = self.metadata.get("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise ConfigError(
                 f"{path}: unsupported GGUF architecture '{arch}' (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
             )
-        self._tensors = {t.name: t for t in self.reader.tensors}
+        self._tensors = {t.name: t for t in tensors}
         self.config = _model_config(path, arch, self.metadata, set(self._tensors), self._rope_freqs)
         self._by_hf = {}
         for name in self._tensors:
@@ -261,40 +261,66 @@ class GGUFSource:
         self.tokenizer_metadata = {k: v for k, v in self.metadata.items() if k.startswith("tokenizer.")}
 
     def tensor_types(self) -> dict[str, int]:
+        from gguf.constants import GGMLQuantizationType
+
         counts = {}
-        for t in self.reader.tensors:
-            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+        for t in self._tensors.values():
+            kind = GGMLQuantizationType(t.ggml_type).name
+            counts[kind] = counts.get(kind, 0) + 1
         return counts
 
     def all_native(self) -> bool:
         return all(kind in NATIVE_TYPES for kind in self.tensor_types())
 
     def nbytes(self, name: str) -> int:
-        return int(self._tensors[self._by_hf[name]].n_bytes)
+        return self._tensors[self._by_hf[name]].nbytes
+
+    def _raw(self, t: TensorInfo):
+        """The tensor's bytes as (type, array): float types typed and shaped, others uint8 rows of blocks."""
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        kind = GGMLQuantizationType(t.ggml_type)
+        raw = self._map[t.offset : t.offset + t.nbytes]
+        shape = list(reversed(t.dims))
+        if kind.name in ("F32", "F16"):
+            return kind, raw.view(np.float32 if kind.name == "F32" else np.float16).reshape(shape)
+        block, block_bytes = GGML_QUANT_SIZES[kind]
+        return kind, raw.reshape(*shape[:-1], shape[-1] // block * block_bytes)
 
     def _rope_freqs(self) -> mx.array:
         from gguf.quants import dequantize
 
-        t = self._tensors["rope_freqs.weight"]
-        return mx.array(dequantize(t.data, t.tensor_type))
+        kind, data = self._raw(self._tensors["rope_freqs.weight"])
+        return mx.array(dequantize(data, kind))
 
-    def load(self, name: str) -> dict:
+    def load(self, name: str, dtype: mx.Dtype | None = None) -> dict:
+        """The tensor `name` (see the class docstring); dequantized types come back as `dtype`
+        (float32 by default), produced a block of rows at a time so no float32 copy of a large
+        tensor is ever held when a narrower dtype is asked for."""
         from gguf.quants import dequantize
 
         t = self._tensors[self._by_hf[name]]
-        kind = t.tensor_type.name
+        kind, data = self._raw(t)
         try:
-            if kind in ("Q4_0", "Q4_1", "Q8_0"):
+            if kind.name in ("Q4_0", "Q4_1", "Q8_0"):
                 module = name.rpartition(".")[0]
-                w, scales, biases = _repack_native(t.data, kind)
+                w, scales, biases = _repack_native(data, kind.name)
                 out = {f"{module}.weight": mx.array(w), f"{module}.scales": mx.array(scales),
                        f"{module}.biases": mx.array(biases)}
-            elif kind in ("F32", "F16"):
-                out = {name: mx.array(np.asarray(t.data))}
+            elif kind.name in ("F32", "F16"):
+                out = {name: mx.array(np.asarray(data))}
             else:
-                out = {name: mx.array(dequantize(t.data, t.tensor_type))}
+                rows = data.reshape(-1, data.shape[-1])
+                step = max(1, (1 << 22) // max(1, data.shape[-1]))
+                parts = []
+                for i in range(0, rows.shape[0], step):
+                    part = mx.array(dequantize(rows[i : i + step], kind)).astype(dtype or mx.float32)
+                    mx.eval(part)
+                    parts.append(part)
+                value = mx.concatenate(parts) if len(parts) > 1 else parts[0]
+                out = {name: value.reshape(*data.shape[:-1], value.shape[-1])}
         except NotImplementedError:
-            raise WeightsError(f"{self.path}: GGUF tensor '{t.name}' has unsupported type {kind}") from None
+            raise WeightsError(f"{self.path}: GGUF tensor '{t.name}' has unsupported type {kind.name}") from None
         return {k: _fix_up(k, v, self.arch, self.config) for k, v in out.items()}
 
 
@@ -375,7 +401,7 @@ def _model_config(path: Path, arch: str, meta: dict, tensor_names: set, rope_fre
             rope_local_base_freq=10000.0,
             sliding_window_pattern=6,
             sliding_window=int(meta.get("gemma3.attention.sliding_window", 512)),
-            query_pre_attn_scalar=float(hidden // heads if layers == 62 else head_dim),
+            query_pre_attn_scalar=hidden // heads if layers == 62 else head_dim,
         )
         if meta.get("gemma3.final_logit_softcapping") is not None:
             config["final_logit_softcapping"] = float(meta["gemma3.final_logit_softcapping"])

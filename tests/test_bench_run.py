@@ -71,6 +71,12 @@ def test_synthetic_weights_mean_the_same_model_in_mlx_lm(tiny_preset):
     # Both compute in fp32 from the same 4-bit values (Orchard from a dequantized copy, mlx-lm with
     # quantized_matmul); only summation order differs: ~1e-6 relative on logits of size ~1.
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # With MLX's own quantized layers on both sides, both read the same bytes per token (the tied
+    # embedding is the LM head, read whole, in both).
+    from mlxmodels.profiling.roofline import weight_bytes_per_token
+
+    native, _, _ = synthetic.build_synthetic("tiny", bits=4, group_size=32, cpu_weights="mlx")
+    assert weight_bytes_per_token(native) == weight_bytes_per_token(theirs, config)
 
 
 def test_compare_mlx_lm_synthetic(tiny_preset, tmp_path, monkeypatch, capsys):
@@ -105,7 +111,29 @@ def test_batched_decode(tiny_preset, tmp_path, monkeypatch):
     assert pp["batch"] == tg["batch"] == doc["settings"]["batch"] == 3
     assert pp["prefill_tps"]["mean"] > 0 and tg["decode_tps"]["mean"] > 0
     # A step reads the weights once for all 3 rows: per token that is a third of them, plus each
-    # row's own KV cache (2 layers x 2 KV heads x 16 dims x fp32 x K and V, over 1 + 4 + 1 positions).
-    kv_row = 2 * 2 * 2 * 16 * 4 * 6
+    # row's own KV cache (2 layers x 2 KV heads x 16 dims x fp32 x K and V) at the mean position the
+    # decode steps read: 2 when the timed steps start (the first step and the queued next one),
+    # 6 at the end (1 + 4 + the queued one), so 4.
+    kv_row = 2 * 2 * 2 * 16 * 4 * 4
     model_bytes = doc["model"]["weight_bytes_per_token"]
     assert tg["roofline"]["bytes_per_token"] == pytest.approx(model_bytes / 3 + kv_row, abs=1)
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--jsonl", "--markdown"])
+def test_cli_output_formats(flag, tiny_preset, tmp_path, monkeypatch, capsys):
+    import csv
+    import io
+
+    monkeypatch.setenv("ORCHARD_DATA_DIR", str(tmp_path))
+    args = ["bench", "--synthetic", "tiny", "-p", "4", "-g", "2", "-r", "1", "--pg", "4,2"]
+    assert main(args + ([] if flag == "--markdown" else [flag])) == 0
+    out = capsys.readouterr().out
+    (stored,) = store.read_records(tmp_path / "bench" / "results.jsonl")
+    if flag == "--csv":
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert [r["test"] for r in rows] == ["pp4", "tg2", "pp4+tg2"]
+        assert float(rows[2]["decode_tps_mean"]) == pytest.approx(stored["results"][2]["decode_tps"]["mean"])
+    elif flag == "--jsonl":
+        assert len(out.strip().splitlines()) == 1 and json.loads(out) == stored
+    else:
+        assert out.startswith("**machine**") and "| pp4+tg2 | orchard |" in out

@@ -312,6 +312,27 @@ async def test_model_picker_loads_in_the_background_and_keeps_the_old_model_on_f
         assert views(app)[-1].content == "You said: still there?"
 
 
+@async_test
+async def test_opening_a_conversation_whose_model_fails_keeps_it_consistent(tmp_path):
+    from app.storage import Conversation
+
+    store = Store()
+    saved = store.save(Conversation(title="old one", model="broken", messages=[
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "You said: a"}]))
+    store.close()
+    app = make_app(tmp_path, loader=fake_loader(fail="broken: no such file or directory"))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+b", "enter")
+        await wait_for(pilot, lambda: any("failed to load: broken" in n for n in notifications(app)))
+        await wait_for(pilot, lambda: not app.loading and app.session.messages[:1] == [{"role": "user", "content": "a"}])
+        await send(pilot, "b")  # answered by the model already loaded, in the conversation on screen
+        assert [v.content for v in views(app)] == ["a", "You said: a", "b", "You said: b"]
+    reloaded = Store().load(saved.id)
+    assert [m["content"] for m in reloaded.messages] == ["a", "You said: a", "b", "You said: b"]
+    assert len(Store().list()) == 1
+
+
 def test_store_schema_version_and_newer_file_refused(tmp_path):
     store = Store(tmp_path / "c.sqlite3")
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -396,8 +417,6 @@ def test_real_default_model_end_to_end(tmp_path, default_model_dir, monkeypatch)
 
 
 # -- snapshots: fixed size, no cursor blink, timings blanked -----------------------------------
-
-APP_FILE = Path(__file__)
 
 
 @pytest.fixture

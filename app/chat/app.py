@@ -75,9 +75,16 @@ Loader = Callable[[str | None, Callable[[str], None]], tuple]
 
 def default_loader(cpu_weights: str = "auto") -> Loader:
     def load(reference, progress):
+        import mlx.core as mx
+
         import mlxmodels
 
-        return mlxmodels.load(reference or None, progress=progress, cpu_weights=cpu_weights)
+        model, tokenizer = mlxmodels.load(reference or None, progress=progress, cpu_weights=cpu_weights)
+        # The first forward pass materialises the lazily loaded (and, on the CPU, converted)
+        # weights: pay it here, under the loading indicator, not in the first answer's TTFT.
+        progress("preparing the weights…")
+        mx.eval(model(mx.array([[0]]), cache=model.make_cache()))
+        return model, tokenizer
 
     return load
 
@@ -102,6 +109,7 @@ class ChatApp(App):
         self.bridge: EngineBridge | None = None
         self.generating = False
         self.loading = False
+        self._loads = 0
         self.editing = False
         self.turns_finished = 0  # answers completed, stopped or failed (what tests and scripts wait on)
 
@@ -160,7 +168,9 @@ class ChatApp(App):
     async def load_model(self, reference: str | None) -> None:
         log = self.log_view
         log.loading = True
-        self.loading = True  # the previous model (if any) stays usable if this one fails
+        self.loading = True
+        self._loads += 1
+        mine = self._loads
         self.set_activity(f"loading {reference or 'the default model'}…")
         loop = asyncio.get_running_loop()
 
@@ -169,15 +179,17 @@ class ChatApp(App):
 
         try:
             self.model, self.tokenizer = await self.bridge.call(self.loader, reference, progress)
-        except OrchardError as e:
-            self.show_error(f"model failed to load: {e}")
-            return
-        except Exception as e:  # a bug or an unexpected file: still no crash
-            self.show_error(f"model failed to load: {type(e).__name__}: {e}")
+        except Exception as e:  # OrchardError: bad input; anything else: a bug. Neither may crash the UI.
+            detail = str(e) if isinstance(e, OrchardError) else f"{type(e).__name__}: {e}"
+            self.show_error(f"model failed to load: {detail}")
+            if self.model is not None:
+                # Keep going on the model already loaded, with the conversation now on screen.
+                self.start_session()
             return
         finally:
-            log.loading = False
-            self.loading = False
+            if mine == self._loads:  # (a newer load, which cancelled this one, is still running)
+                log.loading = False
+                self.loading = False
         self.model_ref = reference
         info = self.model.info
         self.status.set(model_name=Path(info.path).name, backend=BACKENDS.get(info.backend, info.backend))

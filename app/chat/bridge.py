@@ -14,8 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator
 
-_DONE = object()
-
 
 @dataclass
 class StreamEvent:

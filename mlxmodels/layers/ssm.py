@@ -159,7 +159,8 @@ class Mamba2Mixer(nn.Module):
     def __call__(self, x: mx.array, cache=None) -> mx.array:
         Bsz, L, _ = x.shape
         window, h = cache.fetch() if cache is not None else (None, None)
-        z, xBC, dt = mx.split(self.in_proj(x), [self.inner, 2 * self.inner + 2 * self.groups * self.state_size], axis=-1)
+        conv_dim = self.inner + 2 * self.groups * self.state_size
+        z, xBC, dt = mx.split(self.in_proj(x), [self.inner, self.inner + conv_dim], axis=-1)
         xBC, window = causal_conv(self.conv1d, xBC, window)
         gn = self.groups * self.state_size
         xs, B, C = mx.split(xBC, [self.inner, self.inner + gn], axis=-1)
@@ -195,7 +196,8 @@ class Mamba2Mixer(nn.Module):
     def _chunked_scan(self, xs, dt, A, B, C, h):
         """Prefill with SSD: quadratic within chunks of `chunk_size`, a scan across chunk ends."""
         Bsz, L, H, P = xs.shape
-        T = self.chunk_size
+        # Any chunking gives the same result; a prompt shorter than a chunk is not padded up to one.
+        T = min(self.chunk_size, L)
         pad = (-L) % T
         if pad:
             # Padded steps have dt = 0: no decay and no input, so the final state is unaffected.

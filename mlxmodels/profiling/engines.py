@@ -78,14 +78,19 @@ def _argmax(logits: mx.array) -> mx.array:
     return mx.argmax(logits, axis=-1)
 
 
-def _time_loop(tokens, n_gen: int) -> tuple[float, float]:
-    """(seconds to the first token, seconds for the next n_gen tokens) from a token iterator."""
+def _time_loop(tokens, n_gen: int, on_first=None) -> tuple[float, float]:
+    """(seconds to the first token, seconds for the next n_gen tokens) from a token iterator.
+
+    `on_first` runs between the two clocks (e.g. to note the cache size when decoding starts)."""
     start = time.perf_counter()
     next(tokens)
+    ttft = time.perf_counter() - start
+    if on_first is not None:
+        on_first()
     first = time.perf_counter()
     for _ in range(n_gen):
         next(tokens)
-    return first - start, time.perf_counter() - first
+    return ttft, time.perf_counter() - first
 
 
 def _sample(test: Test, n_in: int, ttft: float, decode_s: float, ttft_cached: float | None, rss: int,
@@ -101,6 +106,25 @@ def _sample(test: Test, n_in: int, ttft: float, decode_s: float, ttft_cached: fl
         "kv_read_bytes": kv_bytes,
         "batch": batch,
     }
+
+
+class _KvAverage:
+    """Mean KV-cache bytes a decode step reads: the cache grows by one position per step, so the
+    mean of its size when decoding starts and when it ends."""
+
+    def __init__(self, cache):
+        self.cache, self.first = cache, None
+
+    def start(self) -> None:
+        from mlxmodels.profiling.roofline import cache_read_bytes
+
+        self.first = cache_read_bytes(self.cache)
+
+    def end(self) -> int:
+        from mlxmodels.profiling.roofline import cache_read_bytes
+
+        last = cache_read_bytes(self.cache)
+        return (last + (self.first if self.first is not None else last)) // 2
 
 
 class OrchardEngine:
@@ -148,7 +172,6 @@ class OrchardEngine:
     def run(self, test: Test, prompt: list[int], context: list[int]) -> dict:
         from mlxmodels.cache import trim_cache
         from mlxmodels.generate import generate_tokens
-        from mlxmodels.profiling.roofline import cache_read_bytes
 
         if self.batch > 1:
             return self._run_batched(test, prompt, context)
@@ -159,9 +182,10 @@ class OrchardEngine:
         mx.reset_peak_memory()
         with RssSampler() as rss:
             tokens = generate_tokens(self.model, mx.array(ids, dtype=mx.uint32), cache, _argmax, [], self.prefill_step)
-            ttft, decode_s = _time_loop(tokens, test.n_gen)
+            kv = _KvAverage(cache)
+            ttft, decode_s = _time_loop(tokens, test.n_gen, kv.start)
             tokens.close()
-            kv = cache_read_bytes(cache)
+            kv = kv.end()
             cached = None
             if test.n_prompt:
                 # The chat case: everything but the prompt's last token is already in the cache.
@@ -176,7 +200,6 @@ class OrchardEngine:
 
 
     def _run_batched(self, test: Test, prompt: list[int], context: list[int]) -> dict:
-        from mlxmodels.profiling.roofline import cache_read_bytes
 
         cache = self.model.make_cache()
         if test.depth:
@@ -188,9 +211,10 @@ class OrchardEngine:
         mx.reset_peak_memory()
         with RssSampler() as rss:
             tokens = self._batched_tokens(ids, cache)
-            ttft, decode_s = _time_loop(tokens, test.n_gen)
+            kv = _KvAverage(cache)
+            ttft, decode_s = _time_loop(tokens, test.n_gen, kv.start)
             tokens.close()
-            kv = cache_read_bytes(cache)  # every row's KV: the runner divides the step's bytes by the batch
+            kv = kv.end()  # every row's KV: the runner divides the step's bytes by the batch
         return _sample(test, len(ids), ttft, decode_s, None, rss.peak, mx.get_peak_memory() / 1e9, kv, self.batch)
 
 
@@ -252,7 +276,6 @@ class MlxLmEngine:
         from mlx_lm.generate import generate_step
         from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
-        from mlxmodels.profiling.roofline import cache_read_bytes
 
         cache = make_prompt_cache(self.model)
         if test.depth:
@@ -265,9 +288,10 @@ class MlxLmEngine:
         with RssSampler() as rss:
             tokens = generate_step(mx.array(ids, dtype=mx.uint32), self.model, max_tokens=test.n_gen + 1,
                                    sampler=_argmax, prompt_cache=cache, prefill_step_size=self.prefill_step)
-            ttft, decode_s = _time_loop(tokens, test.n_gen)
+            kv = _KvAverage(cache)
+            ttft, decode_s = _time_loop(tokens, test.n_gen, kv.start)
             tokens.close()
-            kv = cache_read_bytes(cache)
+            kv = kv.end()
             cached = None
             if test.n_prompt:
                 extra = cache[0].offset - (test.depth + len(ids) - 1)

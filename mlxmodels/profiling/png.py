@@ -31,7 +31,7 @@ _GLYPHS = {
     "+": "...|.#.|###|.#.|...", "_": "...|...|...|...|###", "/": "..#|..#|.#.|#..|#..",
     ":": "...|.#.|...|.#.|...", "@": "###|#.#|###|#..|###", "%": "#.#|..#|.#.|#..|#.#",
     "(": ".#.|#..|#..|#..|.#.", ")": ".#.|..#|..#|..#|.#.", "?": "###|..#|.##|...|.#.",
-    ",": "...|...|...|.#.|#..", "=": "...|###|...|###|...", "|": ".#.|.#.|.#.|.#.|.#.",
+    ",": "...|...|...|.#.|#..", "·": "...|...|.#.|...|...", "=": "...|###|...|###|...", "|": ".#.|.#.|.#.|.#.|.#.",
 }
 SCALE = 2  # each font pixel drawn as a 2x2 block
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
@@ -64,16 +64,24 @@ def encode_png(img: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
-def bar_chart(title: str, bars: list[tuple[str, float, int]], unit: str) -> np.ndarray:
-    """Horizontal bars: (label, value, colour index). Returns the RGB image."""
+def bar_chart(title: str, bars: list[tuple[str, float, int]], unit: str, legend: list[str] = ()) -> np.ndarray:
+    """Horizontal bars: (label, value, colour index), with a colour key for `legend` (names by
+    colour index) after the title. Returns the RGB image."""
     row_h, pad = 10 * SCALE, 6 * SCALE
     label_w = max([text_width(lbl) for lbl, _, _ in bars] + [0]) + pad
     plot_w = 420
     value_w = text_width("000000.0 " + unit) + pad
-    width = pad + label_w + plot_w + value_w
+    key_w = sum(5 * SCALE + 2 * SCALE + text_width(n) + pad for n in legend)
+    width = max(pad + label_w + plot_w + value_w, 3 * pad + text_width(title) + key_w)
     height = pad * 3 + 7 * SCALE + row_h * len(bars)
     img = np.full((height, width, 3), 255, dtype=np.uint8)
     _text(img, pad, pad, title)
+    x = pad + text_width(title) + 2 * pad
+    for i, name in enumerate(legend):
+        img[pad : pad + 5 * SCALE, x : x + 5 * SCALE] = PALETTE[i % len(PALETTE)]
+        x += 5 * SCALE + SCALE * 2
+        _text(img, x, pad, name)
+        x += text_width(name) + pad
     top = pad * 2 + 7 * SCALE
     vmax = max([v for _, v, _ in bars] + [1e-12])
     x0 = pad + label_w

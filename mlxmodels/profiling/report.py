@@ -132,7 +132,9 @@ def comparison_table(rows: list[dict], metric: str) -> str:
 
 def _bar_label(r: dict, rows: list[dict]) -> str:
     """Only the fields that differ between rows, so labels stay short."""
-    keys = [k for k in ("chip", "model", "engine", "test", "when") if len({x[k] for x in rows}) > 1]
+    keys = [k for k in ("chip", "model", "engine", "test") if len({x[k] for x in rows}) > 1]
+    if len({tuple(x[k] for k in keys) for x in rows}) < len(rows):
+        keys.append("when")  # repeated runs of the same thing: tell them apart by time
     return " · ".join(str(r[k]) for k in keys) or r["test"]
 
 
@@ -158,4 +160,4 @@ def png_chart(rows: list[dict], metric: str, path: Path) -> None:
     engines = sorted({r["engine"] for r in rows})
     bars = [(_bar_label(r, rows), r["stat"]["mean"], engines.index(r["engine"])) for r in rows]
     unit = "ms" if metric.startswith("ttft") else "t/s"
-    write_png(path, bar_chart(f"orchard bench: {FIGURE_LABELS[metric]}", bars, unit))
+    write_png(path, bar_chart(f"orchard bench: {FIGURE_LABELS[metric]}", bars, unit, legend=engines))

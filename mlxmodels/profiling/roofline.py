@@ -35,7 +35,9 @@ def weight_bytes_per_token(model: nn.Module, config: dict | None = None) -> int:
     share = _expert_fraction(config)
     embed = getattr(getattr(model, "model", None), "embed_tokens", None)
     # An embedding is read as one row, unless it doubles as the LM head (tied, no separate head).
-    embedding_is_head = getattr(model, "tie_embeddings", False) and "lm_head" not in dict(model.children())
+    # (Orchard's models say so in `tie_embeddings`, mlx-lm's only in their config.)
+    tied = getattr(model, "tie_embeddings", False) or bool(config.get("tie_word_embeddings", False))
+    embedding_is_head = tied and "lm_head" not in dict(model.children())
     total = 0.0
     for name, value in tree_flatten(model.parameters()):
         nbytes = value.nbytes
