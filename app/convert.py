@@ -39,7 +39,8 @@ def register(sub) -> None:
 class _ProgressBar:
     """A bar over bytes on a terminal; a line per tenth otherwise (logs stay short)."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=None):
+        stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self.stream, self.tty, self.last_tenth, self.start = stream, stream.isatty(), -1, time.perf_counter()
 
     def __call__(self, done: int, total: int, name: str) -> None:

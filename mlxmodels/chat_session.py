@@ -208,6 +208,12 @@ class ChatSession:
             # Between prefill chunks: a long prompt can be stopped before its first token.
             nonlocal prefilled
             prefilled = done
+            if done == total - 1:
+                # A cache that cannot rewind all the way (recurrent state, sliding windows) is
+                # snapshotted where the prompt ends: regenerating, and the next turn, resume here.
+                tokens = self.cache_tokens + new_ids[:done]
+                if not can_trim_cache(self.cache, len(tokens)):
+                    self._snapshot(tokens)
             if on_prefill_progress is not None:
                 on_prefill_progress(done, total)
             if should_stop is not None and should_stop():
@@ -256,8 +262,11 @@ class ChatSession:
         fed = eos[0] if stats.finish_reason == "stop" and len(eos) == 1 else UNKNOWN
         self.cache_tokens += [fed] + [UNKNOWN] * (extra - 1) if extra else []
         if not can_trim_cache(self.cache, len(self.cache_tokens)):
-            self.snapshots.append(_Snapshot(list(self.cache_tokens), copy_cache(self.cache)))
-            del self.snapshots[:-MAX_SNAPSHOTS]
+            self._snapshot(self.cache_tokens)
+
+    def _snapshot(self, tokens: list[int]) -> None:
+        self.snapshots.append(_Snapshot(list(tokens), copy_cache(self.cache)))
+        del self.snapshots[:-MAX_SNAPSHOTS]
 
 
 class _StopDuringPrefill(Exception):

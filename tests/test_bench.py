@@ -137,12 +137,15 @@ def test_bandwidth_tables():
     assert machine.cuda_bandwidth("NVIDIA H200") == 4800
 
 
-def test_cpu_bandwidth_is_cached(tmp_path):
+def test_cpu_bandwidth_keeps_the_best_measurement(tmp_path):
     info = {"backend": "cpu", "cpu": "Test CPU", "cpu_cores": 2, "memory_gb": 8.0, "chip": "Test CPU"}
     cache = tmp_path / "bw.json"
     assert machine.memory_bandwidth(info, cache, measure=False) == (None, "not measured")
-    cache.write_text(json.dumps({"Test CPU|2|8.0": 12.5}))
-    assert machine.memory_bandwidth(info, cache) == (12.5, "measured copy (cached)")
+    cache.write_text(json.dumps({"Test CPU|2|8.0": 1e6}))  # higher than any real copy: kept
+    assert machine.memory_bandwidth(info, cache) == (1e6, "measured copy, best seen")
+    cache.write_text(json.dumps({"Test CPU|2|8.0": 1e-3}))  # lower than any real copy: replaced
+    bw, _ = machine.memory_bandwidth(info, cache)
+    assert bw > 1e-3 and json.loads(cache.read_text())["Test CPU|2|8.0"] == bw
 
 
 def test_machine_and_engine_info_fields():
