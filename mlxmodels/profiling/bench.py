@@ -76,6 +76,16 @@ def _check_compare(compare: str | None, model_ref, synthetic: str | None) -> Non
         _gguf_for(model_ref)
 
 
+def _tokenizer(path: Path):
+    from mlxmodels.tokenizer import load_gguf_tokenizer, load_tokenizer
+
+    if path.is_file():
+        from mlxmodels.gguf import read_gguf
+
+        return load_gguf_tokenizer(read_gguf(path).tokenizer_metadata, path)
+    return load_tokenizer(Path(path))
+
+
 def _gguf_for(model_ref) -> Path:
     if model_ref is None:
         from mlxmodels.default_model import default_gguf
@@ -119,12 +129,21 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
             progress=lambda i, n: progress(f"building synthetic {synthetic}: tensor {i}/{n}"))
         name, source_ref = f"synthetic:{synthetic}", f"synthetic preset {synthetic} (random weights)"
     else:
-        from mlxmodels import load
+        import mlx.core as mx
 
-        model, tokenizer = load(model_ref, progress=progress, cpu_weights=cpu_weights)
+        from mlxmodels.api import load_model
+        from mlxmodels.resolve import resolve
+
+        # Resolving may download or convert (the default model's first use): not load time.
+        path = resolve(None if model_ref is None else str(model_ref), progress=progress)
+        t0 = time.perf_counter()
+        model = load_model(path, cpu_weights=cpu_weights)
+        mx.eval(model.parameters())  # weights are memory-mapped lazily: count reading them too
         name = Path(model.info.path).name if model_ref is None else str(model_ref)
         source_ref = str(model.info.path)
     load_time = time.perf_counter() - t0
+    if not synthetic:
+        tokenizer = _tokenizer(path)  # timed apart: its first use imports transformers (seconds)
 
     longest = max(t.depth + max(t.n_prompt, 1) + t.n_gen for t in tests) + 1
     limit = model.info.context_length
