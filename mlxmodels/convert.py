@@ -78,7 +78,7 @@ class ConvertResult:
     size_before: int = 0
     size_after: int = 0
     seconds: float = 0.0
-    peak_memory: int = 0  # MLX's peak allocation during the conversion, bytes
+    peak_memory: int = 0  # MLX's peak allocation during the conversion above what was held before, bytes
     peak_rss: int = 0  # the process's peak resident set, bytes
     largest_tensor: int = 0
     shards: int = 0
@@ -336,6 +336,8 @@ def convert(src, out, options: ConvertOptions | None = None, progress: Progress 
     result = ConvertResult(out=out)
     start = time.perf_counter()
     mx.reset_peak_memory()
+    # What the process already holds (e.g. a model loaded earlier) is not the conversion's cost.
+    baseline = mx.get_active_memory()
     config = dict(source.config)
     out_dtype = _out_dtype(options, source)
     modules = {} if options.dequantize else quantizable_modules(config, options.group_size)
@@ -379,7 +381,7 @@ def convert(src, out, options: ConvertOptions | None = None, progress: Progress 
         _hook("before_rename")
     result.seconds = time.perf_counter() - start
     result.bits_per_weight = weight_bits / max(result.parameters, 1)
-    result.peak_memory = mx.get_peak_memory()
+    result.peak_memory = mx.get_peak_memory() - baseline
     result.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return result
 
