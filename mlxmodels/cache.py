@@ -242,10 +242,10 @@ class SSMCache:
         return sum(a.nbytes for a in self.state)
 
 
-class QuantizedKVCache:
+class QuantizedKVCache(KVCache):
     """Keys and values stored in MLX's affine quantized format (`bits` 4 or 8) along the head dim.
 
-    The same interface as `KVCache`, but `update_and_fetch` returns `(packed, scales, biases)`
+    The same interface as `KVCache` (whose offset, mask and trimming it inherits), but `update_and_fetch` returns `(packed, scales, biases)`
     tuples instead of arrays: attention then reads the packed cache directly
     (`metal_kernels.quantized_decode_attention`), which is the point, since a dequantized copy
     would cost the memory the quantization saves. 8 bits stores a 64-wide head in 80 bytes instead
@@ -292,17 +292,6 @@ class QuantizedKVCache:
         self.offset += L
         return (tuple(a[..., : self.offset, :] for a in self.keys),
                 tuple(a[..., : self.offset, :] for a in self.values))
-
-    def mask(self, L: int):
-        return None if L == 1 else "causal"
-
-    def can_trim(self, n: int) -> bool:
-        return 0 <= n <= self.offset
-
-    def trim(self, n: int) -> int:
-        n = max(0, min(n, self.offset))
-        self.offset -= n
-        return n
 
     @property
     def state(self) -> list:

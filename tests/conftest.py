@@ -25,8 +25,6 @@ def default_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def default_model(default_model_dir):
-    import mlxmodels
-
     return mlxmodels.load(default_model_dir)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from pathlib import Path
 
 import pytest
 from test_chat_session import FakeModel, FakeTokenizer

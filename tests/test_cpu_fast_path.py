@@ -7,7 +7,6 @@ import sys
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 import pytest
 
 import mlxmodels

@@ -96,6 +96,23 @@ def sliding_windows(config: dict, num_layers: int) -> list:
     return [window] * num_layers if window else [None] * num_layers
 
 
+def attention_spec(args: ModelArgs, rope: RoPE, window: int | None) -> AttentionSpec:
+    """One layer's attention settings for a Llama-style config (shared with the MoE families)."""
+    return AttentionSpec(
+        hidden_size=args.hidden_size,
+        num_heads=args.num_attention_heads,
+        num_kv_heads=args.num_key_value_heads,
+        head_dim=args.head_dim,
+        rope=rope,
+        scale=1.0 / math.sqrt(args.head_dim),
+        qkv_bias=args.attention_bias,
+        out_bias=args.out_bias,
+        qk_norm="rms" if args.qk_norm else None,
+        norm_eps=args.rms_norm_eps,
+        sliding_window=window,
+    )
+
+
 class Model(CausalLM):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -105,19 +122,7 @@ class Model(CausalLM):
         rope = RoPE(args.head_dim, args.rope, args.max_position_embeddings)
         layers = []
         for window in args.layer_windows:
-            spec = AttentionSpec(
-                hidden_size=args.hidden_size,
-                num_heads=args.num_attention_heads,
-                num_kv_heads=args.num_key_value_heads,
-                head_dim=args.head_dim,
-                rope=rope,
-                scale=1.0 / math.sqrt(args.head_dim),
-                qkv_bias=args.attention_bias,
-                out_bias=args.out_bias,
-                qk_norm="rms" if args.qk_norm else None,
-                norm_eps=args.rms_norm_eps,
-                sliding_window=window,
-            )
+            spec = attention_spec(args, rope, window)
             mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.hidden_act, args.mlp_bias)
             layers.append(
                 DecoderLayer(Attention(spec), mlp, RMSNorm, args.hidden_size, args.rms_norm_eps, "pre")

@@ -11,7 +11,6 @@ Checkpoints keep one tensor per expert (`...experts.7.w1.weight`); `sanitize` st
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -120,19 +119,7 @@ class Model(CausalLM):
         rope = RoPE(args.head_dim, args.rope, args.max_position_embeddings)
         layers = []
         for window, sparse in zip(args.layer_windows, args.sparse_layers):
-            spec = AttentionSpec(
-                hidden_size=args.hidden_size,
-                num_heads=args.num_attention_heads,
-                num_kv_heads=args.num_key_value_heads,
-                head_dim=args.head_dim,
-                rope=rope,
-                scale=1.0 / math.sqrt(args.head_dim),
-                qkv_bias=args.attention_bias,
-                out_bias=args.out_bias,
-                qk_norm="rms" if args.qk_norm else None,
-                norm_eps=args.rms_norm_eps,
-                sliding_window=window,
-            )
+            spec = llama.attention_spec(args, rope, window)
             if args.qk_norm_full_width:
                 attention = FullWidthNormAttention(spec, args.clip_qkv)
             else:
