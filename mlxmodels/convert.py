@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -88,7 +88,7 @@ class ConvertResult:
 # ----------------------------------------------------------------------------------------- sources
 
 
-class Source:
+class Source(Protocol):
     """What the converter reads: a config, tensor units in order, and how to save the tokenizer."""
 
     config: dict
@@ -97,21 +97,21 @@ class Source:
 
     def load(self, name: str, dtype: mx.Dtype | None = None) -> dict:
         """{name: array} or {module.weight/.scales/.biases}; `dtype`: a hint for dequantized data."""
-        raise NotImplementedError
+        ...
 
     def nbytes(self, name: str) -> int:
-        raise NotImplementedError
+        ...
 
     def quant_layout(self, module: str, arrays: dict) -> tuple[int, int]:
         """(bits, group_size) of a quantized module of the source."""
-        raise NotImplementedError
+        ...
 
     def float_dtype(self) -> mx.Dtype:
         """The source's float dtype, known without reading any data."""
-        raise NotImplementedError
+        ...
 
     def save_tokenizer(self, directory: Path) -> bool:
-        raise NotImplementedError
+        ...
 
 
 class DirectorySource(Source):
