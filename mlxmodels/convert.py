@@ -28,7 +28,13 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxmodels.errors import OrchardError, WeightsError
-from mlxmodels.export import MAX_SHARD_BYTES, atomic_directory, mlx_lm_config, remove_stale_partials
+from mlxmodels.export import (
+    MAX_SHARD_BYTES,
+    atomic_directory,
+    mlx_lm_config,
+    mlx_lm_weight_names,
+    remove_stale_partials,
+)
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -349,13 +355,14 @@ def convert(src, out, options: ConvertOptions | None = None, progress: Progress 
 
     with atomic_directory(out, overwrite=options.force) as tmp:
         writer = _ShardWriter(tmp, options.max_shard_bytes)
+        mlx_lm_name = mlx_lm_weight_names(config)
         for name in source.names:
             arrays = source.load(name, out_dtype)
             size_in = source.nbytes(name)
             module = name.rpartition(".")[0]
             converted = _convert_unit(source, name, module, arrays, modules, options, out_dtype, num_layers, layouts)
             mx.eval(converted)
-            writer.add(converted)
+            writer.add({mlx_lm_name(k): v for k, v in converted.items()})
             for k, v in converted.items():
                 weight_bits += v.nbytes * 8
             if module in layouts and f"{module}.weight" in converted:
@@ -374,7 +381,7 @@ def convert(src, out, options: ConvertOptions | None = None, progress: Progress 
                 progress(done, total, name)
         result.shards = writer.finish()
         result.size_after = writer.total
-        config = _output_config(config, layouts, options)
+        config = _output_config(config, {mlx_lm_name(m): v for m, v in layouts.items()}, options)
         (tmp / "config.json").write_text(json.dumps(mlx_lm_config(config), indent=2))
         if not source.save_tokenizer(tmp):
             result.warnings.append(f"{source.path}: no tokenizer files; the converted model cannot encode text")

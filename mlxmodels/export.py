@@ -96,11 +96,33 @@ def public_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
+def mlx_lm_weight_names(config: dict):
+    """A function mapping our tensor (and module) names to the ones mlx-lm reads for this family.
+
+    Identity for most families; the MoE families store stacked experts where mlx-lm expects them
+    (their `sanitize` reads both, so Orchard loads either)."""
+    from mlxmodels.models import family_module
+
+    renames = getattr(family_module(config), "mlx_lm_renames", lambda _: ())(config["model_type"])
+
+    def rename(name: str) -> str:
+        for ours, theirs in renames:
+            name = name.replace(ours, theirs)
+        return name
+
+    return rename
+
+
 def mlx_lm_config(config: dict) -> dict:
     """`public_config` with RoPE settings in the top-level (transformers 4.x) dialect, as mlx-lm reads them."""
     from mlxmodels.config import rope_parameters
 
     config = public_config(config)
+    # Fields mlx-lm's model classes require under their 4.x names.
+    if config.get("model_type") == "qwen3_moe" and "num_experts" not in config and "num_local_experts" in config:
+        config["num_experts"] = config["num_local_experts"]
+    if config.get("model_type") == "mamba2" and "intermediate_size" not in config:
+        config["intermediate_size"] = int(config.get("expand", 2) * config["hidden_size"])
     params = config.pop("rope_parameters", None)
     if not isinstance(params, dict):
         return config

@@ -51,15 +51,16 @@ def quantization_settings(config: dict) -> dict | None:
     return q
 
 
-def apply_quantization(model: nn.Module, q: dict, weights: dict) -> None:
+def apply_quantization(model: nn.Module, q: dict, weights: dict, checkpoint_name=lambda path: path) -> None:
     """Swap in quantized layers wherever the checkpoint stores quantized tensors.
 
     Per-layer entries (`"model.layers.0.mlp.down_proj": {"bits": 8, ...}` or `false`), as mlx-lm
-    writes them for mixed recipes, override the defaults.
+    writes them for mixed recipes, override the defaults; they may use our module names or the
+    checkpoint's (`checkpoint_name`, e.g. mlx-lm's `switch_mlp` for stacked experts).
     """
 
     def predicate(path: str, module: nn.Module):
-        override = q.get(path)
+        override = q.get(path, q.get(checkpoint_name(path)))
         if override is False:
             return False
         if not hasattr(module, "to_quantized") or f"{path}.scales" not in weights:
@@ -90,7 +91,9 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
     weights = model.sanitize(weights)
     quantization = quantization_settings(config)
     if quantization is not None:
-        apply_quantization(model, quantization, weights)
+        from mlxmodels.export import mlx_lm_weight_names
+
+        apply_quantization(model, quantization, weights, mlx_lm_weight_names(config))
     check_against_model(model, weights, origin, where)
     model.load_weights(list(weights.items()), strict=True)
     checkpoint_dtype = _floating_dtype(weights)

@@ -13,15 +13,21 @@ import pytest
 
 import mlxmodels
 from mlxmodels.convert import ConvertOptions, convert
+from mlxmodels.export import mlx_lm_weight_names
 from tests.conftest import FIXTURES
 from tests.helpers import make_tiny_model
 
 ALL_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if (p / "config.json").is_file())
 
-# Families whose converted directories mlx-lm 0.32 cannot read: Orchard stores stacked experts as
-# `mlp.experts.*` (mlx-lm expects `switch_mlp.*`), and mlx-lm's Mamba 2 / Qwen3-MoE argument parsing
-# wants fields the HF configs name differently. Orchard-side correctness is still checked for them.
-MLX_LM_UNREADABLE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "mamba2"}
+# Fixtures using a feature mlx-lm 0.32 does not implement (Orchard-side correctness is checked above):
+MLX_LM_LACKS_FEATURE = {
+    "olmoe": "clip_qkv",  # "olmoe_hf4" has none and is compared
+    "qwen2_moe_hf4": "mlp_only_layers",  # a dense layer among MoE layers; "qwen2_moe" is compared
+}
+# mlx-lm 0.32's Mamba-2 reads these directories but does not reproduce transformers on them (its
+# logits are ~1 away from transformers' reference at every position, Orchard's 8-bit ones ~0.08):
+# for these the test checks that mlx-lm loads the output and that Orchard is the closer of the two.
+MLX_LM_DISAGREES_WITH_TRANSFORMERS = {"mamba2", "mamba2_hf4"}
 
 
 def _ids(name: str) -> mx.array:
@@ -62,13 +68,14 @@ def test_converted_equals_mlx_quantization_of_source(converted, name, bits):
 
     ours = mlxmodels.load_model(out)(_ids(name))
     reference = mlxmodels.load_model(FIXTURES / name)
-    nn.quantize(reference, group_size=64, bits=bits, class_predicate=lambda p, m: p in quantized)
+    stored_name = mlx_lm_weight_names(config)  # MoE experts are stored under mlx-lm's names
+    nn.quantize(reference, group_size=64, bits=bits, class_predicate=lambda p, m: stored_name(p) in quantized)
     expected = reference(_ids(name))
     np.testing.assert_allclose(np.array(ours), np.array(expected), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("name", [n for n in ALL_FIXTURES if n.split("_hf")[0] not in MLX_LM_UNREADABLE])
+@pytest.mark.parametrize("name", [n for n in ALL_FIXTURES if n not in MLX_LM_LACKS_FEATURE])
 def test_mlx_lm_reads_converted_model(converted, name, bits):
     """mlx-lm's `load` on OUT gives Orchard's logits and greedy tokens.
 
@@ -86,6 +93,12 @@ def test_mlx_lm_reads_converted_model(converted, name, bits):
     theirs_model, _ = mlx_lm_load(str(out))
     theirs_model.set_dtype(mx.float32)
     theirs = theirs_model(ids).astype(mx.float32)
+    if name in MLX_LM_DISAGREES_WITH_TRANSFORMERS:
+        reference = np.load(FIXTURES / name / "reference.npz")["logits"]
+        ours_error = np.abs(np.array(ours) - reference).max()
+        assert ours_error < np.abs(np.array(theirs) - reference).max()
+        assert ours_error < 0.1 * (4 if bits == 4 else 1) * np.abs(reference).max()
+        return
     cap = config.get("final_logit_softcapping")
     if cap and config["model_type"].startswith("gemma3"):
         theirs = mx.tanh(theirs / cap) * cap

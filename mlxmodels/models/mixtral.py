@@ -110,6 +110,14 @@ class FullWidthNormAttention(Attention):
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
+def mlx_lm_renames(model_type: str) -> tuple:
+    """(ours, theirs) name fragments for checkpoints mlx-lm must read: it stacks experts under
+    `switch_mlp`, and Mixtral keeps its `block_sparse_moe` prefix. `sanitize` maps them back."""
+    if model_type == "mixtral":
+        return ((".mlp.experts.", ".block_sparse_moe.switch_mlp."), (".mlp.gate.", ".block_sparse_moe.gate."))
+    return ((".mlp.experts.", ".mlp.switch_mlp."),)
+
+
 class Model(CausalLM):
     def __init__(self, args: ModelArgs):
         super().__init__()

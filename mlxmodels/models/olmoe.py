@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mlxmodels.config import ConfigReader
 from mlxmodels.models import llama, mixtral
-from mlxmodels.models.mixtral import Model
+from mlxmodels.models.mixtral import Model, mlx_lm_renames  # noqa: F401 (used by export)
 
 
 class ModelArgs(mixtral.ModelArgs):

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from mlxmodels.config import ConfigReader
 from mlxmodels.models import llama, mixtral
-from mlxmodels.models.mixtral import Model
+from mlxmodels.models.mixtral import Model, mlx_lm_renames  # noqa: F401 (used by export)
 
 
 class ModelArgs(mixtral.ModelArgs):

@@ -7,7 +7,7 @@ The expert count is `num_experts` in transformers 4.x configs and `num_local_exp
 from __future__ import annotations
 
 from mlxmodels.models import llama, mixtral
-from mlxmodels.models.mixtral import Model
+from mlxmodels.models.mixtral import Model, mlx_lm_renames  # noqa: F401 (used by export)
 
 
 class ModelArgs(mixtral.ModelArgs):
