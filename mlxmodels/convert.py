@@ -116,6 +116,10 @@ class Source(Protocol):
         """The source's float dtype, known without reading any data."""
         ...
 
+    def base_bits(self) -> int | None:
+        """The bits most of the source's quantized weights use; None for a float source."""
+        ...
+
     def save_tokenizer(self, directory: Path) -> bool:
         ...
 
@@ -166,6 +170,11 @@ class DirectorySource(Source):
             raise WeightsError(f"{self.path}: '{module}' is quantized but config.json has no 'quantization' for it")
         return int(entry["bits"]), int(entry["group_size"])
 
+    def base_bits(self) -> int | None:
+        from mlxmodels.loading import quantization_settings
+
+        return (quantization_settings(self.config) or {}).get("bits")
+
     def save_tokenizer(self, directory: Path) -> bool:
         copied = False
         for file in TOKENIZER_FILES:
@@ -197,6 +206,14 @@ class GGUFFileSource(Source):
 
     def float_dtype(self) -> mx.Dtype:
         return mx.bfloat16 if "BF16" in self.gguf.tensor_types() else mx.float16
+
+    def base_bits(self) -> int | None:
+        # The file's predominant quantized type names its level (a "Q4_1" file keeps, say, an 8-bit
+        # embedding on purpose).
+        bits = {"Q2_K": 2, "Q3_K": 3, "Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 5, "Q5_1": 5, "Q5_K": 5,
+                "Q6_K": 6, "Q8_0": 8}
+        counts = {k: n for k, n in self.gguf.tensor_types().items() if k in bits}
+        return bits[max(counts, key=counts.get)] if counts else None
 
     def quant_layout(self, module: str, arrays: dict) -> tuple[int, int]:
         # Q4_0 / Q4_1 / Q8_0: blocks of 32, 4 or 8 bits.
@@ -356,11 +373,14 @@ def convert(src, out, options: ConvertOptions | None = None, progress: Progress 
     with atomic_directory(out, overwrite=options.force) as tmp:
         writer = _ShardWriter(tmp, options.max_shard_bytes)
         mlx_lm_name = mlx_lm_weight_names(config)
+        source_bits = source.base_bits()
+        keeps_mix = source_bits is not None and source_bits <= options.bits
         for name in source.names:
             arrays = source.load(name, out_dtype)
             size_in = source.nbytes(name)
             module = name.rpartition(".")[0]
-            converted = _convert_unit(source, name, module, arrays, modules, options, out_dtype, num_layers, layouts)
+            converted = _convert_unit(source, name, module, arrays, modules, options, out_dtype, num_layers,
+                                      layouts, keeps_mix)
             mx.eval(converted)
             writer.add({mlx_lm_name(k): v for k, v in converted.items()})
             for k, v in converted.items():
@@ -401,13 +421,18 @@ def _hook(point: str) -> None:
         time.sleep(float(delay))
 
 
-def _convert_unit(source, name, module, arrays, modules, options, out_dtype, num_layers, layouts) -> dict:
-    """One tensor (or one quantized module's triple) as it is written to the output."""
+def _convert_unit(source, name, module, arrays, modules, options, out_dtype, num_layers, layouts,
+                  keeps_mix: bool = False) -> dict:
+    """One tensor (or one quantized module's triple) as it is written to the output.
+
+    `keeps_mix`: the source is already quantized at or below the asked bits, so its quantized
+    tensors are carried over as they are (its own mix of precisions included)."""
     if f"{module}.scales" in arrays:
         src_bits, src_group = source.quant_layout(module, arrays)
         target = None if options.dequantize else _target_bits(module, options, num_layers)
-        if target is not None and src_bits <= target:
-            # Already at or below the bits asked for: requantizing could only add error. Kept as is.
+        if target is not None and (src_bits <= target or keeps_mix):
+            # Already at or below the bits asked for, or part of a source already quantized that
+            # far (e.g. a Q4 GGUF's 8-bit embedding): requantizing could only add error. Kept as is.
             layouts[module] = (src_bits, src_group)
             return {k: (v if k.endswith(".weight") else v.astype(out_dtype)) for k, v in arrays.items()}
         parts = [arrays[f"{module}.{p}"] for p in ("weight", "scales", "biases") if f"{module}.{p}" in arrays]
