@@ -63,8 +63,8 @@ def download(repo_id: str) -> Path:
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
-    except Exception:
-        pass  # not (fully) cached: go online
+    except Exception:  # not (fully) cached: go online
+        pass
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except (RepositoryNotFoundError, GatedRepoError) as e:

@@ -186,8 +186,8 @@ def memory_bandwidth(machine: dict, cache_file: Path | None = None, measure: boo
                     tmp = cache_file.with_suffix(".tmp")
                     tmp.write_text(json.dumps(cached))
                     os.replace(tmp, cache_file)
-                except OSError:
-                    pass  # a cache we cannot write only loses the best-so-far figure
+                except OSError:  # a cache we cannot write only loses the best-so-far figure
+                    pass
     if best is None:
         return None, "not measured"
     return float(best), "measured copy, best seen"
