@@ -37,8 +37,9 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=1, metavar="B",
                    help="decode B copies of the prompt at once; tokens/s count all B sequences (default 1)")
     p.add_argument("--prefill-step", type=int, default=512, help="prefill chunk size for every engine (default 512)")
-    p.add_argument("--compare", choices=("mlx-lm", "llama.cpp"), default=None,
-                   help="also run this engine on the same tokens, interleaved, and report the ratios")
+    p.add_argument("--compare", default=None, metavar="ENGINE[,ENGINE]",
+                   help="also run mlx-lm and/or llama.cpp (e.g. mlx-lm,llama.cpp) on the same tokens, "
+                        "interleaved, and report Orchard's ratio to each")
     p.add_argument("--baseline-dtype", choices=("float32", "native"), default="float32",
                    help="--compare mlx-lm on the CPU backend: cast mlx-lm's model to float32 as Orchard does "
                         "(default, the fair comparison) or keep its checkpoint dtype (as installed)")

@@ -6,10 +6,13 @@
 """
 # ruff: noqa: E402
 
-# Before anything imports mlx.core: give its CPU backend a fast BLAS (see blas.py).
+# Before anything imports mlx.core: give its CPU backend a fast BLAS (see blas.py), and keep
+# freed memory for reuse rather than faulting fresh pages in for every large array (allocator.py).
+from mlxmodels import allocator as _allocator
 from mlxmodels import blas as _blas
 
 _blas.select()
+_allocator.tune()
 
 from mlxmodels.api import load, load_model, make_cache
 from mlxmodels.errors import OrchardError

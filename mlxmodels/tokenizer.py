@@ -149,6 +149,14 @@ def _converted_by_transformers(meta: dict, path: Path):
         backend, _ = convert_gguf_tokenizer(meta.get("general.architecture", "llama"), tokenizer_dict)
     except Exception as e:
         raise OrchardError(f"{path}: cannot build a tokenizer from the GGUF metadata ({e})") from None
+    if meta.get("tokenizer.ggml.add_space_prefix") is False:
+        # transformers' converter always prepends "▁" to the text (and strips it when decoding), as
+        # Llama 2's SentencePiece does; Gemma's does not: "The" at the start is the piece "The",
+        # not "▁The". llama.cpp honours the flag, and so must we to feed the model its own tokens.
+        from tokenizers import decoders, pre_tokenizers
+
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=False)
+        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     return backend
 
 

@@ -206,8 +206,8 @@ def _fake_doc(compare=True) -> dict:
     if compare:
         theirs = [_aggregate(tests[0], [_fake_sample(200, None, decode=False)] * 2, 10**6, 50.0),
                   _aggregate(tests[1], [_fake_sample(40, 20.0, prefill=False)] * 2, 10**6, 50.0)]
-        add_ratios(ours, theirs)
-        doc["baseline"] = {"engine": {"name": "mlx-lm", "label": "mlx-lm (float32)"}, "model": {}, "results": theirs}
+        add_ratios(ours, theirs, "mlx-lm")
+        doc["baselines"] = [{"engine": {"name": "mlx-lm", "label": "mlx-lm (float32)"}, "model": {}, "results": theirs}]
     return doc
 
 
@@ -218,18 +218,18 @@ def test_aggregate_and_ratios():
     assert tg["decode_tps"]["mean"] == pytest.approx(42.0)
     # roofline on the mean: (1e6 weight + 1000 KV bytes) x 42 tok/s
     assert tg["roofline"]["achieved_gbps"] == pytest.approx(1.001e6 * 42 / 1e9)
-    assert pp["ratio"]["ttft_ms"] == pytest.approx(110 / 200) and tg["ratio"]["decode_tps"] == pytest.approx(42 / 20)
+    assert pp["ratios"]["mlx-lm"]["ttft_ms"] == pytest.approx(110 / 200) and tg["ratios"]["mlx-lm"]["decode_tps"] == pytest.approx(42 / 20)
 
 
 def test_json_contract_round_trip():
     doc = json.loads(json.dumps(_fake_doc()))
-    assert {"machine", "engine", "model", "results", "baseline"} <= set(doc)
-    for row in doc["results"] + doc["baseline"]["results"]:
+    assert {"machine", "engine", "model", "results", "baselines"} <= set(doc)
+    for row in doc["results"] + doc["baselines"][0]["results"]:
         assert {"test", "n_prompt", "n_gen", "depth", "ttft_ms", "prefill_tps", "decode_tps", "peak_memory_gb",
                 "samples"} <= set(row)
         for f in ("ttft_ms", "prefill_tps", "decode_tps"):
             assert row[f] is None or set(row[f]) == {"mean", "std", "min", "max"}
-    assert set(doc["results"][0]["ratio"]) == set(FIGURES)
+    assert set(doc["results"][0]["ratios"]["mlx-lm"]) == set(FIGURES)
 
 
 def test_csv_round_trip():
@@ -247,9 +247,45 @@ def test_markdown_table_rows():
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| test | engine | TTFT ms")
     assert "| tg16 | orchard | 21.0 ± 1.4 |" in text
-    assert "| tg16 | **orchard / baseline** | 0.53x | – | – | 2.10x |" in text
+    assert "| tg16 | **orchard / mlx-lm** | 0.53x | – | – | 2.10x |" in text
     assert "Apple M4" in text and "120.0 GB/s (Apple spec)" in text
 
+
+
+def test_two_baselines_each_get_ratio_rows():
+    doc = _fake_doc()
+    theirs = [dict(r) for r in doc["baselines"][0]["results"]]
+    theirs[1] = _aggregate(Test(0, 16), [_fake_sample(10, 84.0, prefill=False)] * 2, 10**6, 50.0)
+    add_ratios(doc["results"], theirs, "llama.cpp")
+    doc["baselines"].append({"engine": {"name": "llama.cpp", "label": "llama.cpp (2 threads)"}, "model": {},
+                             "results": theirs})
+    text = report.markdown(doc)
+    tg = [line for line in text.splitlines() if line.startswith("| tg16 ")]
+    assert [line.split(" | ")[1] for line in tg] == ["orchard", "mlx-lm", "llama.cpp", "**orchard / mlx-lm**",
+                                                      "**orchard / llama.cpp**"]
+    assert tg[4].split(" | ")[5] == "0.50x"  # 42 / 84 decode tok/s
+    assert "**baseline** llama.cpp (2 threads)" in text
+    assert [r["engine"] for r in report.comparison_rows([doc], "decode_tps")] == ["orchard", "mlx-lm", "llama.cpp"]
+
+
+def test_records_stored_with_one_baseline_still_render():
+    """Results stored before --compare took several engines hold `baseline` and per-row `ratio`."""
+    doc = _fake_doc()
+    old = {k: v for k, v in doc.items() if k != "baselines"}
+    old["baseline"] = doc["baselines"][0]
+    old["results"] = [{**{k: v for k, v in r.items() if k != "ratios"}, "ratio": r["ratios"]["mlx-lm"]}
+                      for r in doc["results"]]
+    assert report.markdown(old) == report.markdown(doc)
+    assert report.to_csv(old) == report.to_csv(doc)
+
+
+def test_parse_compare():
+    from mlxmodels.profiling.bench import parse_compare
+
+    assert parse_compare(None) == [] and parse_compare("mlx-lm") == ["mlx-lm"]
+    assert parse_compare("mlx-lm, llama.cpp,mlx-lm") == ["mlx-lm", "llama.cpp"]
+    with pytest.raises(OrchardError, match="unknown engine 'ollama'"):
+        parse_compare("mlx-lm,ollama")
 
 # --- results store and reports -----------------------------------------------------------------
 
@@ -260,7 +296,7 @@ def test_store_appends_lines(tmp_path, monkeypatch):
     assert path == tmp_path / "bench" / "results.jsonl"
     assert len(path.read_text().splitlines()) == 2
     records = store.read_records(path)
-    assert records[1]["results"][1]["ratio"]["decode_tps"] == pytest.approx(2.1)
+    assert records[1]["results"][1]["ratios"]["mlx-lm"]["decode_tps"] == pytest.approx(2.1)
     assert list(path.parent.glob("*.tmp")) == []
 
 

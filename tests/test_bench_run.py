@@ -86,20 +86,20 @@ def test_compare_mlx_lm_synthetic(tiny_preset, tmp_path, monkeypatch, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert not (tmp_path / "bench" / "results.jsonl").exists()
     assert doc["model"]["name"] == "synthetic:tiny" and doc["settings"]["prompt"] == "synthetic random ids"
-    base = doc["baseline"]
+    [base] = doc["baselines"]
     assert base["engine"]["name"] == "mlx-lm" and "float32" in base["engine"]["label"]
     assert [r["test"] for r in doc["results"]] == [r["test"] for r in base["results"]] == \
         ["pp16", "tg4", "pp16 @ d8", "tg4 @ d8"]
     for ours, theirs in zip(doc["results"], base["results"]):
         for figure in ("ttft_ms", "prefill_tps", "decode_tps"):
             if ours[figure] is None:
-                assert theirs[figure] is None and ours["ratio"][figure] is None
+                assert theirs[figure] is None and ours["ratios"]["mlx-lm"][figure] is None
             else:
-                assert ours["ratio"][figure] == pytest.approx(ours[figure]["mean"] / theirs[figure]["mean"])
+                assert ours["ratios"]["mlx-lm"][figure] == pytest.approx(ours[figure]["mean"] / theirs[figure]["mean"])
     # A deeper context means more KV bytes read per decoded token.
     assert doc["results"][3]["roofline"]["bytes_per_token"] > doc["results"][1]["roofline"]["bytes_per_token"]
     text = report.markdown(doc)
-    assert "| tg4 @ d8 | mlx-lm |" in text and "**orchard / baseline**" in text
+    assert "| tg4 @ d8 | mlx-lm |" in text and "**orchard / mlx-lm**" in text
 
 
 def test_batched_decode(tiny_preset, tmp_path, monkeypatch):
@@ -137,3 +137,20 @@ def test_cli_output_formats(flag, tiny_preset, tmp_path, monkeypatch, capsys):
         assert len(out.strip().splitlines()) == 1 and json.loads(out) == stored
     else:
         assert out.startswith("**machine**") and "| pp4+tg2 | orchard |" in out
+
+
+@pytest.mark.skipif(not __import__("importlib.util").util.find_spec("llama_cpp"),
+                    reason="llama-cpp-python is not installed (pip install 'orchard[compare]')")
+def test_compare_three_engines_on_the_default_model(default_model_dir, tmp_path, monkeypatch, capsys):
+    """Orchard, mlx-lm and llama.cpp interleaved on the default model (llama.cpp on its GGUF)."""
+    monkeypatch.setenv("ORCHARD_DATA_DIR", str(tmp_path))
+    assert main(["bench", "--compare", "mlx-lm,llama.cpp", "-p", "16", "-g", "4", "-r", "1", "--json",
+                 "--no-store"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [b["engine"]["name"] for b in doc["baselines"]] == ["mlx-lm", "llama.cpp"]
+    assert doc["baselines"][1]["model"]["name"].endswith(".gguf")
+    for b in doc["baselines"]:
+        pp, tg = b["results"]
+        assert _positive(pp["ttft_ms"]) and _positive(pp["prefill_tps"]) and _positive(tg["decode_tps"])
+    for row in doc["results"]:
+        assert set(row["ratios"]) == {"mlx-lm", "llama.cpp"}

@@ -77,11 +77,20 @@ def test_gemma3_matches_llama_cpp(gemma3_gguf_path, tmp_path):
         theirs.append(token)
         if len(theirs) == 16:
             break
-    # The GGUF as Orchard runs it (its exact weights) against llama.cpp: 16 greedy tokens. The 8-bit
-    # conversion parts from both at a near tie after a few tokens (see the test below).
+    # The GGUF as Orchard runs it (its exact weights, dequantized to float32) against llama.cpp, which
+    # multiplies K-quant weights with activations rounded to 8 bits: logits ~1e-2 apart, so greedy
+    # paths may part at a near tie. Same prompt tokens; the same text until they part (at least 8
+    # tokens); where they part, Orchard's logits for the two choices within 0.05 (measured: 0.012
+    # at token 16, " and" 22.416 vs "." 22.404).
     ids_ours, direct = _greedy(gemma3_gguf_path, PROMPT, 16)
     assert ids_ours == list(ids)
-    assert direct[:16] == theirs
+    same = next((i for i, (a, b) in enumerate(zip(direct, theirs)) if a != b), 16)
+    assert same >= 8, (direct, theirs)
+    if same < 16:
+        model, _ = mlxmodels.load(gemma3_gguf_path)
+        logits = model(mx.array([ids_ours + direct[:same]]))[0, -1]
+        assert abs(logits[direct[same]].item() - logits[theirs[same]].item()) < 0.05
+    # The 8-bit conversion parts from both at a near tie after a few tokens (see the test below).
     _, converted = _greedy(out, PROMPT, 16)
     assert converted[:4] == theirs[:4]
 
@@ -115,3 +124,18 @@ def test_gemma3_q4_k_m_converts_and_runs(gemma3_gguf_path, tmp_path):
     _, a = mlxmodels.generate(direct_model, direct_tok, ids, max_tokens=8, sampling=greedy)
     _, b = mlxmodels.generate(model, tokenizer, ids, max_tokens=8, sampling=greedy)
     assert list(a.tokens)[:4] == list(b.tokens)[:4]
+
+
+def test_gemma3_tokenizer_keeps_the_first_word_unprefixed(gemma3_gguf_path):
+    """Gemma's GGUF says tokenizer.ggml.add_space_prefix = false: "The" opening a text is the piece
+    "The", not "▁The" (llama.cpp: [2, 818, 5279, ...]), and decoding adds no space of its own."""
+    from mlxmodels.gguf import read_gguf
+    from mlxmodels.tokenizer import load_gguf_tokenizer
+
+    meta = read_gguf(gemma3_gguf_path).tokenizer_metadata
+    assert meta["tokenizer.ggml.add_space_prefix"] is False
+    tokenizer = load_gguf_tokenizer(meta, gemma3_gguf_path)
+    ids = list(tokenizer.encode(PROMPT))
+    pieces = [meta["tokenizer.ggml.tokens"][i] for i in ids]
+    assert pieces == ["<bos>", "The", "▁capital", "▁of", "▁France", "▁is"]
+    assert tokenizer.decode(ids[1:]) == PROMPT and tokenizer.decode(list(tokenizer.encode(" x"))[1:]) == " x"

@@ -38,6 +38,14 @@ def assert_close(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:
     assert error <= RELATIVE_TOLERANCE * scale, f"{what}: max error {error:.3g} vs scale {scale:.3g}"
 
 
+@pytest.fixture(autouse=True, params=["cpu-math", "mlx-ops"])
+def math_path(request, monkeypatch):
+    """Both ways the CPU computes attention, activations and RoPE: Orchard's multiply-add versions
+    (cpu_math, the CPU default) and MLX's own ops (what Metal and CUDA run)."""
+    if request.param == "mlx-ops":
+        monkeypatch.setenv("ORCHARD_CPU_MATH", "mlx")
+
+
 @pytest.fixture(scope="module", params=fixture_names())
 def fixture(request):
     name = request.param

@@ -13,6 +13,7 @@ import mlx.nn as nn
 
 from metal_kernels import quantized_decode_attention
 from mlxmodels.cache import window_mask
+from mlxmodels.layers import cpu_math
 from mlxmodels.layers.norms import OffsetRMSNorm, RMSNorm
 from mlxmodels.layers.rope import RoPE
 
@@ -87,6 +88,8 @@ class Attention(nn.Module):
         return quantized_decode_attention(q, k, v, self.scale, group_size=cache.group_size, bits=cache.bits)
 
     def _attend(self, q, k, v, mask):
+        if cpu_math.enabled(q):
+            return cpu_math.attention(q, k, v, self.scale, mask, self.logit_softcap)
         if self.logit_softcap is None:
             return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         # The fused kernel cannot soft-cap scores: do it by hand, grouping query heads per KV head.

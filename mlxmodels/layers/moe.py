@@ -23,7 +23,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxmodels.layers.mlp import GatedMLP, activation
+from mlxmodels.layers.mlp import GatedMLP, gated_activation
 
 # From this many (token, expert) pairs on, sorting them by expert pays for its argsorts: below it
 # (decode: one token, k pairs) the unsorted gather reads the same few experts either way.
@@ -110,7 +110,7 @@ class SwitchGLU(nn.Module):
         self.gate_proj = SwitchLinear(dims, hidden_dims, num_experts)
         self.up_proj = SwitchLinear(dims, hidden_dims, num_experts)
         self.down_proj = SwitchLinear(hidden_dims, dims, num_experts)
-        self.act = activation(act)
+        self.gated = gated_activation(act)
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         """x [N, D], indices [N, k] -> each chosen expert's output [N, k, D]."""
@@ -121,7 +121,7 @@ class SwitchGLU(nn.Module):
             x, idx, inverse = _sort_by_expert(x, indices)
         else:
             idx = indices
-        h = self.act(self.gate_proj(x, idx, sort)) * self.up_proj(x, idx, sort)
+        h = self.gated(self.gate_proj(x, idx, sort), self.up_proj(x, idx, sort))
         y = self.down_proj(h, idx, sort)
         if sort:
             y = y[inverse]  # back to (token, choice) order: [N*k, 1, D]

@@ -13,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxmodels.errors import ConfigError
+from mlxmodels.layers import cpu_math
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "frequency_factors")
 # "frequency_factors" is not a Hugging Face type: it is how GGUF files store Llama 3.1's scaling
@@ -111,6 +112,8 @@ class RoPE(nn.Module):
         return self.base * stretch ** (self.dims / (self.dims - 2))
 
     def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+        if self.rope_type != "dynamic" and cpu_math.enabled(x):
+            return self._rotate_with_tables(x, offset)
         if self.magnitude != 1.0:  # YaRN scales the rotated features (cos and sin) only
             if self.dims == x.shape[-1]:
                 x = x * self.magnitude
@@ -125,3 +128,53 @@ class RoPE(nn.Module):
         return mx.fast.rope(
             x, self.dims, traditional=self.traditional, base=base, scale=self.scale, offset=offset
         )
+
+    # --- the CPU backend's path -------------------------------------------------------------
+    # mx.fast.rope runs as ~15 plain ops on the CPU, cos and sin among them (which MLX's CPU backend
+    # evaluates element by element): 47 us for one decode token's query, 1.2 ms for a 511-token
+    # prefill's. Tables of cos and sin per position, computed once, leave two multiplies and an add
+    # (10 us and 0.2 ms), and follow Hugging Face's recipe exactly: angle = position x inv_freq in
+    # float32, then cos and sin.
+
+    def _inverse_frequencies(self) -> mx.array:
+        if self._periods is not None:
+            return 1.0 / self._periods
+        return _inverse_frequencies(self.dims, self.base) * self.scale
+
+    def _tables(self, positions: int) -> tuple[mx.array, mx.array]:
+        """[P, dims] factors with rotate(x) = x * cos + swap(x) * sin, for P >= positions."""
+        cached = getattr(self, "_cos", None)
+        if cached is not None and cached.shape[0] >= positions:
+            return self._cos, self._sin
+        n = max(positions, 2 * (0 if cached is None else cached.shape[0]), 256)
+        angles = mx.arange(n, dtype=mx.float32)[:, None] * self._inverse_frequencies()[None, :]
+        cos, sin = mx.cos(angles) * self.magnitude, mx.sin(angles) * self.magnitude
+        if self.traditional:  # pairs (x0, x1) rotate together: swap(x) swaps within each pair
+            self._cos = mx.stack([cos, cos], axis=-1).reshape(n, self.dims)
+            self._sin = mx.stack([-sin, sin], axis=-1).reshape(n, self.dims)
+        else:  # halves rotate together: swap(x) = [x2, x1]
+            self._cos = mx.concatenate([cos, cos], axis=-1)
+            self._sin = mx.concatenate([-sin, sin], axis=-1)
+        mx.eval(self._cos, self._sin)
+        return self._cos, self._sin
+
+    def _rotate_with_tables(self, x: mx.array, offset: int) -> mx.array:
+        L = x.shape[-2]
+        cos, sin = self._tables(offset + L)
+        cos, sin = cos[offset : offset + L], sin[offset : offset + L]
+        rotate = _rotate_pairs if self.traditional else _rotate_halves
+        if self.dims == x.shape[-1]:
+            return rotate(x, cos, sin)
+        return mx.concatenate([rotate(x[..., : self.dims], cos, sin), x[..., self.dims :]], axis=-1)
+
+
+@mx.compile
+def _rotate_halves(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    half = x.shape[-1] // 2
+    return x * cos + mx.concatenate([x[..., half:], x[..., :half]], axis=-1) * sin
+
+
+@mx.compile
+def _rotate_pairs(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    swapped = x.reshape(*x.shape[:-1], -1, 2)[..., ::-1].reshape(x.shape)
+    return x * cos + swapped * sin

@@ -23,7 +23,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxmodels.layers.mlp import activation
+from mlxmodels.layers.mlp import gated_activation
 
 # Mamba-1 prefill: tokens per log-depth scan. Each token costs log2(SCAN_BLOCK) elementwise passes
 # over its [channels, state] slice, so small blocks do less work; 16 keeps the Python loop over
@@ -80,7 +80,7 @@ class MambaMixer(nn.Module):
         self.A_log = mx.log(mx.broadcast_to(mx.arange(1, state + 1, dtype=mx.float32), (inner, state)))
         self.D = mx.ones((inner,))
         self.out_proj = nn.Linear(inner, hidden, bias=use_bias)
-        self.act = activation(act)
+        self.gated = gated_activation(act)
 
     def __call__(self, x: mx.array, cache=None) -> mx.array:
         window, h = cache.fetch() if cache is not None else (None, None)
@@ -93,7 +93,7 @@ class MambaMixer(nn.Module):
             y, h = self._step(xs, dt, A, B, C, h)
         else:
             y, h = self._scan(xs, dt, A, B, C, h)
-        y = (y + xs * self.D) * self.act(z)
+        y = self.gated(z, y + xs * self.D)  # act(z) * (y + D x)
         if cache is not None:
             cache.update(window, h, x.shape[1])
         return self.out_proj(y)

@@ -56,21 +56,31 @@ def model_record(model, name: str, source: str, load_time: float) -> dict:
     }
 
 
-def _check_compare(compare: str | None, model_ref, synthetic: str | None) -> None:
+def parse_compare(compare) -> list[str]:
+    """`--compare` as a list of engine names: "mlx-lm,llama.cpp", a list, or None."""
+    if not compare:
+        return []
+    names = compare.split(",") if isinstance(compare, str) else list(compare)
+    out = []
+    for name in (n.strip() for n in names):
+        if name not in COMPARE:
+            raise OrchardError(f"--compare: unknown engine '{name}' (choose from {', '.join(COMPARE)})")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _check_compare(compare: list[str], model_ref, synthetic: str | None) -> None:
     """Refuse an impossible comparison before spending minutes loading a model."""
-    if compare is None:
-        return
-    if compare not in COMPARE:
-        raise OrchardError(f"--compare: unknown engine '{compare}' (choose from {', '.join(COMPARE)})")
-    if compare == "mlx-lm":
+    if "mlx-lm" in compare:
         import importlib.util
 
         if importlib.util.find_spec("mlx_lm") is None:
             raise OrchardError("--compare mlx-lm needs the mlx-lm package, which is not installed (pip install mlx-lm)")
-    if compare == "llama.cpp":
+    if "llama.cpp" in compare:
         if not eng.llama_cpp_available():
             raise OrchardError("--compare llama.cpp needs llama-cpp-python, which is not installed "
-                               "(pip install llama-cpp-python)")
+                               "(pip install 'orchard[compare]', or pip install llama-cpp-python)")
         if synthetic:
             raise OrchardError("--compare llama.cpp needs a GGUF model; synthetic models have none")
         _gguf_for(model_ref)
@@ -98,7 +108,7 @@ def _gguf_for(model_ref) -> Path:
 
 
 def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = None, bits: int = 4,
-              group_size: int = 64, compare: str | None = None, baseline_dtype: str = "float32",
+              group_size: int = 64, compare: str | list[str] | None = None, baseline_dtype: str = "float32",
               cpu_weights: str = "auto", prefill_step: int = 512, batch: int = 1,
               progress: Callable[[str], None] = lambda s: None) -> dict:
     if repetitions < 1:
@@ -107,6 +117,7 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
         raise OrchardError(f"--prefill-step must be at least 1, got {prefill_step}")
     if batch < 1:
         raise OrchardError(f"--batch must be at least 1, got {batch}")
+    compare = parse_compare(compare)
     if batch > 1 and compare:
         raise OrchardError(f"--batch {batch} runs Orchard only; --compare measures single-sequence generation")
     _check_compare(compare, model_ref, synthetic)
@@ -155,30 +166,28 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
 
     engines = [eng.OrchardEngine(model, prefill_step, batch)]
     weight_bytes = [weight_bytes_per_token(model)]
-    baseline_model = None
-    if compare == "mlx-lm":
-        progress("loading the model in mlx-lm…")
+    baseline_models = []
+    for other_name in compare:
         t1 = time.perf_counter()
-        as_f32 = baseline_dtype == "float32"
-        if synthetic:
-            other = eng.MlxLmEngine.from_weights(config, weights, as_f32, prefill_step)
+        if other_name == "mlx-lm":
+            progress("loading the model in mlx-lm…")
+            as_f32 = baseline_dtype == "float32"
+            if synthetic:
+                other = eng.MlxLmEngine.from_weights(config, weights, as_f32, prefill_step)
+            else:
+                if Path(model.info.path).is_file():
+                    raise OrchardError(f"--compare mlx-lm: mlx-lm cannot load a .gguf file ({model.info.path}); "
+                                       "convert it or pass the MLX model directory")
+                other = eng.MlxLmEngine.load(model.info.path, as_f32, prefill_step)
+            record = {"name": name, "weight_bytes_per_token": weight_bytes_per_token(other.model, model.info.config)}
         else:
-            if Path(model.info.path).is_file():
-                raise OrchardError(f"--compare mlx-lm: mlx-lm cannot load a .gguf file ({model.info.path}); "
-                                   "convert it or pass the MLX model directory")
-            other = eng.MlxLmEngine.load(model.info.path, as_f32, prefill_step)
-        baseline_model = {"name": name, "load_time_s": time.perf_counter() - t1,
-                          "weight_bytes_per_token": weight_bytes_per_token(other.model, model.info.config)}
+            progress("loading the model in llama.cpp…")
+            gguf = _gguf_for(model_ref)
+            other = eng.LlamaCppEngine(gguf, n_ctx=longest + 16, prefill_step=prefill_step)
+            record = {"name": gguf.name, "weight_bytes_per_token": gguf.stat().st_size}
+        baseline_models.append({**record, "load_time_s": time.perf_counter() - t1})
         engines.append(other)
-        weight_bytes.append(baseline_model["weight_bytes_per_token"])
-    elif compare == "llama.cpp":
-        gguf = _gguf_for(model_ref)
-        t1 = time.perf_counter()
-        other = eng.LlamaCppEngine(gguf, n_ctx=longest + 16, prefill_step=prefill_step)
-        baseline_model = {"name": gguf.name, "load_time_s": time.perf_counter() - t1,
-                          "weight_bytes_per_token": gguf.stat().st_size}
-        engines.append(other)
-        weight_bytes.append(gguf.stat().st_size)
+        weight_bytes.append(record["weight_bytes_per_token"])
 
     rows = run_tests(engines, tests, repetitions, prompt, context, weight_bytes, bandwidth, progress)
     engine = {**engine_info(), "label": engines[0].label}
@@ -192,10 +201,12 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
         "results": rows[0],
     }
     if compare:
-        other = engines[1]
-        doc["baseline"] = {"engine": {"name": other.name, "label": other.label, **_baseline_versions(other.name)},
-                           "model": baseline_model, "results": rows[1]}
-        add_ratios(doc["results"], rows[1])
+        doc["baselines"] = [
+            {"engine": {"name": other.name, "label": other.label, **_baseline_versions(other.name)},
+             "model": record, "results": theirs}
+            for other, record, theirs in zip(engines[1:], baseline_models, rows[1:])]
+        for other, theirs in zip(engines[1:], rows[1:]):
+            add_ratios(doc["results"], theirs, other.name)
     return doc
 
 

@@ -8,6 +8,7 @@ End-of-sequence tokens are ignored so every run decodes exactly the tokens asked
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -49,8 +50,6 @@ class RssSampler:
     def current() -> int:
         try:
             with open("/proc/self/statm") as f:
-                import os
-
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
             import resource
@@ -320,8 +319,12 @@ class LlamaCppEngine:
                                "(pip install llama-cpp-python)")
         from llama_cpp import Llama, __version__
 
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=prefill_step, verbose=False)
-        self.label = f"llama.cpp (llama-cpp-python {__version__}, {Path(gguf).name})"
+        # llama-cpp-python decodes on half the logical CPUs by default; give it every core, as
+        # MLX and its BLAS have, so the comparison is engine against engine, not 1 thread against 2.
+        threads = os.cpu_count() or 1
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=prefill_step, n_ubatch=prefill_step,
+                         n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.label = f"llama.cpp (llama-cpp-python {__version__}, {Path(gguf).name}, {threads} threads)"
 
     def run(self, test: Test, prompt: list[int], context: list[int]) -> dict:
         llm = self.llm

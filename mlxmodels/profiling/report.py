@@ -38,6 +38,20 @@ def describe_model(model: dict) -> str:
     return f"{model['name']} ({model.get('model_type')}, {quant}, computes {model.get('compute_dtype')})"
 
 
+def baselines(doc: dict) -> list[dict]:
+    """The comparison engines' runs of a document, oldest format included: records stored before
+    several baselines were allowed hold one `baseline` and one `ratio` per row."""
+    if "baselines" in doc:
+        return doc["baselines"]
+    return [doc["baseline"]] if "baseline" in doc else []
+
+
+def ratios(row: dict, engine: str) -> dict:
+    if "ratios" in row:
+        return row["ratios"][engine]
+    return row["ratio"]
+
+
 def markdown(doc: dict) -> str:
     m, e, model = doc["machine"], doc["engine"], doc["model"]
     bw = m.get("bandwidth_gbps")
@@ -50,35 +64,35 @@ def markdown(doc: dict) -> str:
         f"**engine** {e['label']} · mlx {e.get('mlx')} · commit {e.get('commit')} · greedy, "
         f"{doc['settings']['repetitions']} repetitions after a warm-up",
     ]
-    if "baseline" in doc:
-        lines.append(f"**baseline** {doc['baseline']['engine']['label']} · runs interleaved with Orchard's (A B A B)")
+    others = baselines(doc)
+    for b in others:
+        lines.append(f"**baseline** {b['engine']['label']} · runs interleaved with Orchard's")
     lines.append("")
     header = ["test", "engine", *FIGURE_LABELS.values(), "peak MLX GB", "peak RSS GB", "decode GB/s (% of bw)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    base = doc.get("baseline", {}).get("results")
+    digits = {"ttft_ms": 1, "ttft_cached_ms": 1, "prefill_tps": 1, "decode_tps": 1}
     for i, row in enumerate(doc["results"]):
-        engines = [("orchard", row)] + ([(doc["baseline"]["engine"]["name"], base[i])] if base else [])
+        engines = [("orchard", row)] + [(b["engine"]["name"], b["results"][i]) for b in others]
         for name, r in engines:
-            digits = {"ttft_ms": 1, "ttft_cached_ms": 1, "prefill_tps": 1, "decode_tps": 1}
             cells = [r["test"], name, *(fmt_stat(r[f], digits[f]) for f in FIGURES),
                      _fmt(r["peak_memory_gb"]), _fmt(r["peak_rss_gb"]), _roof(r)]
             lines.append("| " + " | ".join(cells) + " |")
-        if base:
-            ratio = row["ratio"]
-            cells = [row["test"], "**orchard / baseline**", *(_fmt(ratio[f], 2, "x") for f in FIGURES), "", "", ""]
+        for b in others:
+            name = b["engine"]["name"]
+            ratio = ratios(row, name)
+            cells = [row["test"], f"**orchard / {name}**", *(_fmt(ratio[f], 2, "x") for f in FIGURES), "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
-    if base:
+    if others:
         lines.append("")
-        lines.append("Ratios: below 1x is better for TTFT, above 1x is better for tokens/s.")
+        lines.append("Ratios: below 1x is better for TTFT, above 1x is better for tokens/s. With several "
+                     "engines, repetitions rotate through them (A B C A B C …).")
     return "\n".join(lines) + "\n"
 
 
 def _flat_rows(doc: dict):
     runs = [("orchard", doc["engine"], doc["results"])]
-    if "baseline" in doc:
-        b = doc["baseline"]
-        runs.append((b["engine"]["name"], b["engine"], b["results"]))
+    runs += [(b["engine"]["name"], b["engine"], b["results"]) for b in baselines(doc)]
     for name, engine, results in runs:
         for r in results:
             yield name, engine, r

@@ -1,7 +1,7 @@
-"""Running a benchmark: tests × repetitions over one or two engines, interleaved, into the JSON document.
+"""Running a benchmark: tests × repetitions over Orchard and any comparison engines, interleaved.
 
-With a comparison engine the repetitions alternate (A B A B …) within each test, so slow drifts
-of a noisy machine (other processes, thermal throttling) hit both engines alike and the ratio of
+With comparison engines the repetitions alternate (A B C A B C …) within each test, so slow drifts
+of a noisy machine (other processes, thermal throttling) hit every engine alike and the ratio of
 their means stays meaningful even when the absolute figures wander.
 """
 
@@ -79,8 +79,8 @@ def run_tests(engines: list, tests: list[Test], repetitions: int, prompt: list[i
     return rows
 
 
-def add_ratios(ours: list[dict], theirs: list[dict]) -> None:
-    """Orchard / baseline per figure, on each of our rows. For TTFT lower is better, so a ratio
-    below 1 there (and above 1 for tokens/s) means Orchard is faster."""
+def add_ratios(ours: list[dict], theirs: list[dict], engine: str) -> None:
+    """Orchard / `engine` per figure, on each of our rows under `ratios[engine]`. For TTFT lower is
+    better, so a ratio below 1 there (and above 1 for tokens/s) means Orchard is faster."""
     for a, b in zip(ours, theirs):
-        a["ratio"] = {f: ratio(a[f], b[f]) for f in FIGURES}
+        a.setdefault("ratios", {})[engine] = {f: ratio(a[f], b[f]) for f in FIGURES}

@@ -1,0 +1,186 @@
+"""The CPU backend's multiply-add math (mlxmodels/layers/cpu_math.py) against MLX's built-in ops and
+float64 NumPy, the RoPE tables against the definition, and the switches that keep GPUs on MLX's ops.
+
+Tolerances: float32 has a 1.19e-7 ulp. The polynomial exp is within about an ulp of the true value
+(its truncation error is < 1e-8), so 3e-7 relative; functions built on it (sigmoid, silu, tanh) differ from MLX's
+by a few ulps of their output scale. Attention sums S products in another order than MLX's op:
+~1e-6 of the output scale.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlxmodels import allocator
+from mlxmodels.cache import window_mask
+from mlxmodels.layers import cpu_math
+from mlxmodels.layers.rope import RoPE
+
+
+def test_exp_within_a_few_ulps_over_the_float32_range():
+    # Up to e**87: beyond ~e**87.3 the result saturates at 2**126 (documented in cpu_math).
+    x = mx.concatenate([mx.linspace(-87.0, 87.0, 200_001), mx.random.normal((10_000,)) * 3])
+    ours = np.array(cpu_math.exp(x), dtype=np.float64)
+    exact = np.exp(np.array(x, dtype=np.float64))
+    assert np.max(np.abs(ours - exact) / exact) < 3e-7
+
+
+def test_exp_limits():
+    big = np.array(cpu_math.exp(mx.array([-mx.inf, -1000.0, -88.0, 0.0, 1000.0])))
+    assert big[0] < 1e-37 and big[1] < 1e-37 and big[2] < 1e-37  # underflow: ~0 next to exp(0)
+    assert big[3] == 1.0 and np.isfinite(big[4])
+
+
+@pytest.mark.parametrize("fast, reference", [
+    (cpu_math.sigmoid, mx.sigmoid),
+    (cpu_math.tanh, mx.tanh),
+])
+def test_sigmoid_and_tanh_match_mlx(fast, reference):
+    x = mx.random.normal((4096,)) * 8
+    assert float(mx.abs(fast(x) - reference(x)).max()) < 1e-6
+
+
+@pytest.mark.parametrize("fused, act", [
+    (cpu_math.silu_mul, nn.silu),
+    (cpu_math.gelu_approx_mul, nn.gelu_approx),
+])
+def test_gated_activations_match_mlx(fused, act):
+    mx.random.seed(1)
+    gate, up = mx.random.normal((3, 17, 256)) * 4, mx.random.normal((3, 17, 256))
+    expected = act(gate) * up
+    scale = float(mx.abs(expected).max())
+    assert float(mx.abs(fused(gate, up) - expected).max()) < 1e-6 * scale
+
+
+def _reference_attention(q, k, v, scale, mask, softcap=None):
+    """MLX's own op, or its documented math where the op has no soft-capping."""
+    if softcap is None:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    groups = q.shape[1] // k.shape[1]
+    k, v = mx.repeat(k, groups, axis=1), mx.repeat(v, groups, axis=1)
+    scores = mx.tanh((q * scale) @ k.swapaxes(-1, -2) / softcap) * softcap
+    if isinstance(mask, str):
+        mask = window_mask(k.shape[2], q.shape[2], k.shape[2], None)
+    if mask is not None:
+        scores = mx.where(mask, scores, -mx.inf) if mask.dtype == mx.bool_ else scores + mask
+    return mx.softmax(scores, axis=-1, precise=True) @ v
+
+
+@pytest.mark.parametrize("heads, kv_heads, L, S, mask, softcap", [
+    (9, 3, 40, 40, "causal", None),  # prefill, grouped-query heads
+    (4, 4, 16, 50, "causal", None),  # a chunk after a cached prefix
+    (8, 1, 1, 33, None, None),  # one decode step, multi-query
+    (6, 2, 20, 60, "window", None),  # sliding window
+    (6, 2, 20, 60, "additive", None),
+    (4, 2, 24, 24, "causal", 50.0),  # Gemma 2 style soft-capping
+    (4, 2, 1, 24, None, 30.0),
+])
+def test_attention_matches_mlx(heads, kv_heads, L, S, mask, softcap):
+    mx.random.seed(2)
+    q = mx.random.normal((2, heads, L, 32))
+    k, v = mx.random.normal((2, kv_heads, S, 32)), mx.random.normal((2, kv_heads, S, 32))
+    if mask == "window":
+        mask = window_mask(S, L, S, 7)
+    elif mask == "additive":
+        mask = mx.where(window_mask(S, L, S, 9), 0.0, -1e9)
+    expected = _reference_attention(q, k, v, 32**-0.5, mask, softcap)
+    got = cpu_math.attention(q, k, v, 32**-0.5, mask, softcap)
+    assert got.shape == expected.shape
+    assert float(mx.abs(got - expected).max()) < 1e-5 * float(mx.abs(expected).max())
+
+
+def _numpy_rope(x: np.ndarray, offset: int, inv_freq: np.ndarray, dims: int, traditional: bool,
+                magnitude: float = 1.0) -> np.ndarray:
+    """RoPE by its definition, the angle rounded to float32 as Hugging Face computes it."""
+    L = x.shape[-2]
+    angles = (np.arange(offset, offset + L, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :])
+    cos, sin = np.cos(angles.astype(np.float64)) * magnitude, np.sin(angles.astype(np.float64)) * magnitude
+    x = x.astype(np.float64)
+    rot, rest = x[..., :dims], x[..., dims:]
+    if traditional:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        out = np.empty_like(rot)
+        out[..., 0::2], out[..., 1::2] = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    else:
+        x1, x2 = rot[..., : dims // 2], rot[..., dims // 2 :]
+        out = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return np.concatenate([out, rest], axis=-1)
+
+
+@pytest.mark.parametrize("params, dims, traditional", [
+    ({"rope_type": "default", "rope_theta": 10000.0}, 32, False),
+    ({"rope_type": "default", "rope_theta": 500000.0}, 32, True),
+    ({"rope_type": "default", "rope_theta": 10000.0}, 16, False),  # partial rotary
+    ({"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}, 32, False),
+    ({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}, 32, False),
+    ({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64}, 32, False),
+])
+@pytest.mark.parametrize("offset", [0, 300])  # 300: past the first table (256 rows), so it grows
+def test_rope_tables_match_the_definition(params, dims, traditional, offset):
+    rope = RoPE(dims, params, 256, traditional)
+    mx.random.seed(3)
+    x = mx.random.normal((1, 3, 5, 32))
+    got = np.array(rope(x, offset=offset))
+    inv = np.array(rope._inverse_frequencies())
+    expected = _numpy_rope(np.array(x), offset, inv, dims, traditional, rope.magnitude)
+    assert np.max(np.abs(got - expected)) < 1e-5
+    # And against MLX's op on the other path (its own angle arithmetic: ~1e-5 apart at position 300).
+    plain = np.array(cpu_math_off(lambda: rope(x, offset=offset)))
+    assert np.max(np.abs(got - plain)) < 1e-4 * max(1, offset / 100)
+
+
+def cpu_math_off(fn):
+    import os
+
+    old = os.environ.get("ORCHARD_CPU_MATH")
+    os.environ["ORCHARD_CPU_MATH"] = "mlx"
+    try:
+        return mx.array(fn())
+    finally:
+        if old is None:
+            del os.environ["ORCHARD_CPU_MATH"]
+        else:
+            os.environ["ORCHARD_CPU_MATH"] = old
+
+
+def test_fast_path_only_for_float32_on_the_cpu(monkeypatch):
+    assert cpu_math.enabled(mx.zeros(2)) and not cpu_math.enabled(mx.zeros(2, dtype=mx.float16))
+    monkeypatch.setenv("ORCHARD_CPU_MATH", "mlx")
+    assert not cpu_math.enabled()
+    monkeypatch.delenv("ORCHARD_CPU_MATH")
+    for gpu in ("metal", "cuda"):
+        monkeypatch.setattr(cpu_math, "backend_name", lambda gpu=gpu: gpu)
+        assert not cpu_math.enabled(mx.zeros(2))
+
+
+def test_gpu_backends_run_mlx_ops_in_the_model(monkeypatch):
+    """Faking a GPU backend: a model's forward pass never reaches the multiply-add versions."""
+    from helpers import TINY_LLAMA
+
+    from mlxmodels.models import build_model
+
+    model = build_model(dict(TINY_LLAMA, vocab_size=64))
+    calls = []
+    for name in ("attention", "silu_mul"):
+        real = getattr(cpu_math, name)
+        monkeypatch.setattr(cpu_math, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    ids = mx.array([[1, 2, 3, 4, 5]])
+    model(ids)
+    assert set(calls) == {"attention", "silu_mul"}
+    calls.clear()
+    monkeypatch.setattr(cpu_math, "backend_name", lambda: "metal")
+    model(ids)
+    assert calls == []
+
+
+def test_allocator_tuning_rules():
+    assert not allocator._tune({}, "darwin")
+    assert not allocator._tune({"MALLOC_ARENA_MAX": "2"}, "linux")  # the user's own settings win
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert allocator._tune({}, "linux")
