@@ -70,6 +70,9 @@ def handle(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr)
         _status(format_stats(stats))
+        note = model.info.describe_cpu_weights()
+        if note:
+            _status(f"weights: {note}")
     return 0
 
 

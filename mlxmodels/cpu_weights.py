@@ -57,6 +57,23 @@ def physical_memory() -> int:
         return 0
 
 
+def fp32_budget() -> float:
+    """The most memory `auto` lets the fp32 copies take."""
+    return FP32_BUDGET_FRACTION * physical_memory()
+
+
+def describe_policy(policy: str, requested: str, extra_bytes: int, fp32_needed: int) -> str | None:
+    """One line for stats and benchmarks: what the policy chose and what it costs; None off the CPU."""
+    if policy == "fp32":
+        why = f", under the auto budget of {fp32_budget() / 1e9:.1f} GB" if requested == "auto" else ""
+        return f"fp32 copies of the quantized weights (+{extra_bytes / 1e9:.2f} GB{why})"
+    if policy == "quantized":
+        why = (f"; fp32 copies would need {fp32_needed / 1e9:.1f} GB, over the auto budget of "
+               f"{fp32_budget() / 1e9:.1f} GB" if requested == "auto" else "")
+        return f"quantized weights, prefill as dequantize + GEMM{why}"
+    return None
+
+
 def _quantized_linears(model: nn.Module) -> list[tuple[str, nn.QuantizedLinear]]:
     return [(p, m) for p, m in model.named_modules() if type(m) is nn.QuantizedLinear]
 
@@ -93,7 +110,7 @@ def apply_cpu_weight_policy(model: nn.Module, mode: str = "auto") -> tuple[str, 
         return "native", 0  # a float checkpoint: already the fast path
     cost = fp32_bytes(model)
     if mode == "auto":
-        mode = "fp32" if cost <= FP32_BUDGET_FRACTION * physical_memory() else "quantized"
+        mode = "fp32" if cost <= fp32_budget() else "quantized"
     replacements = []
     for path, layer in linears:
         if mode == "fp32":

@@ -14,7 +14,7 @@ import mlx.nn as nn
 
 from metal_kernels import backend_name, compute_dtype_for
 from mlxmodels.config import read_config
-from mlxmodels.cpu_weights import apply_cpu_weight_policy
+from mlxmodels.cpu_weights import apply_cpu_weight_policy, describe_policy, fp32_bytes
 from mlxmodels.errors import ConfigError, ModelNotFoundError
 from mlxmodels.models import build_model
 from mlxmodels.weights import check_against_model, read_weights
@@ -34,6 +34,13 @@ class ModelInfo:
     context_length: int
     cpu_weights: str = "native"  # CPU backend policy: "fp32", "quantized" or "native" (see cpu_weights.py)
     cpu_weights_bytes: int = 0  # extra memory the fp32 copies take
+    cpu_weights_requested: str = "auto"  # what the caller asked for (`auto` decides by the budget)
+    cpu_weights_fp32_needed: int = 0  # what fp32 copies would take, chosen or not
+
+    def describe_cpu_weights(self) -> str | None:
+        """What the CPU policy chose and its memory cost, in one line (None off the CPU)."""
+        return describe_policy(self.cpu_weights, self.cpu_weights_requested, self.cpu_weights_bytes,
+                               self.cpu_weights_fp32_needed)
 
 
 def quantization_settings(config: dict) -> dict | None:
@@ -100,6 +107,7 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
     compute_dtype = dtype or compute_dtype_for(checkpoint_dtype)
     model.set_dtype(compute_dtype)
     model.eval()
+    fp32_needed = fp32_bytes(model)
     policy, extra_bytes = apply_cpu_weight_policy(model, cpu_weights)
     model.info = ModelInfo(
         path=where,
@@ -112,6 +120,8 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
         context_length=int(config.get("max_position_embeddings") or 0),
         cpu_weights=policy,
         cpu_weights_bytes=extra_bytes,
+        cpu_weights_requested=cpu_weights,
+        cpu_weights_fp32_needed=fp32_needed,
     )
     return model
 

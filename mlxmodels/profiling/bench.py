@@ -51,7 +51,8 @@ def model_record(model, name: str, source: str, load_time: float) -> dict:
         "name": name, "source": source, "model_type": info.model_type, "quantization": quant,
         "parameters": parameter_count(model),
         "checkpoint_dtype": info.checkpoint_dtype, "compute_dtype": info.compute_dtype,
-        "cpu_weights": info.cpu_weights, "load_time_s": load_time,
+        "cpu_weights": info.cpu_weights, "cpu_weights_bytes": info.cpu_weights_bytes,
+        "cpu_weights_note": info.describe_cpu_weights(), "load_time_s": load_time,
         "weight_bytes_per_token": weight_bytes_per_token(model),
     }
 

@@ -60,7 +60,8 @@ def markdown(doc: dict) -> str:
         f"{m.get('backend')} backend · memory bandwidth "
         + (f"{bw:.1f} GB/s ({m.get('bandwidth_source')})" if bw else "unknown"),
         f"**model** {describe_model(model)} · loaded in {model['load_time_s']:.2f} s · "
-        f"{model['weight_bytes_per_token'] / 1e6:.1f} MB of weights read per token",
+        f"{model['weight_bytes_per_token'] / 1e6:.1f} MB of weights read per token"
+        + (f" · CPU: {model['cpu_weights_note']}" if model.get("cpu_weights_note") else ""),
         f"**engine** {e['label']} · mlx {e.get('mlx')} · commit {e.get('commit')} · greedy, "
         f"{doc['settings']['repetitions']} repetitions after a warm-up",
     ]
