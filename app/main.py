@@ -78,10 +78,13 @@ def _check_environment(kernel_mode) -> None:
     """Settings read deep inside the engine, checked up front so a typo is one clear line."""
     from mlxmodels.errors import OrchardError
 
-    try:
-        kernel_mode()  # ORCHARD_KERNELS
-    except ValueError as e:
-        raise OrchardError(str(e)) from None
+    from mlxmodels.layers import cpu_math
+
+    for check in (kernel_mode, cpu_math.mode):  # ORCHARD_KERNELS, ORCHARD_CPU_MATH
+        try:
+            check()
+        except ValueError as e:
+            raise OrchardError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -133,3 +133,9 @@ def test_bad_kernel_mode_setting(capsys, monkeypatch):
     monkeypatch.setenv("ORCHARD_KERNELS", "turbo")
     code, err = run_cli(capsys, "--prompt", "hi")
     assert_one_line_error(code, err, "ORCHARD_KERNELS", "turbo")
+
+
+def test_bad_cpu_math_setting(capsys, monkeypatch):
+    monkeypatch.setenv("ORCHARD_CPU_MATH", "off")
+    code, err = run_cli(capsys, "--prompt", "hi")
+    assert_one_line_error(code, err, "ORCHARD_CPU_MATH", "off")

@@ -38,9 +38,21 @@ _EXP_POLY = [1.0 / math.factorial(k) for k in range(7, -1, -1)]
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+MODES = ("auto", "mlx")
+
+
+def mode() -> str:
+    """ORCHARD_CPU_MATH (read on every call, so tests and A/B runs can switch it): 'auto' (default)
+    uses this module on the CPU backend, 'mlx' keeps MLX's own ops everywhere."""
+    value = os.environ.get("ORCHARD_CPU_MATH", "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"ORCHARD_CPU_MATH={value!r} is not one of {', '.join(MODES)}")
+    return value
+
+
 def enabled(x: mx.array | None = None) -> bool:
     """Whether the CPU fast path applies (to `x`, when given)."""
-    if os.environ.get("ORCHARD_CPU_MATH", "").strip().lower() == "mlx" or backend_name() != "cpu":
+    if backend_name() != "cpu" or mode() == "mlx":
         return False
     return x is None or x.dtype == mx.float32
 
