@@ -8,6 +8,7 @@ import sys
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
+from helpers import cpu_math_mode
 
 import mlxmodels
 from mlxmodels import blas
@@ -16,13 +17,15 @@ from mlxmodels.cpu_weights import DEQUANT_MIN_ROWS, PrefillDequantizedLinear, ap
 
 @pytest.fixture(scope="module")
 def plain_answer(default_model_dir):
-    """Greedy answer through MLX's own quantized kernels: the reference for the fast paths."""
+    """Greedy answer through MLX's own quantized kernels and ops (no fp32 copies, no CPU math):
+    the reference for the fast paths."""
     reference, tokenizer = mlxmodels.load(default_model_dir, cpu_weights="mlx")
     assert reference.info.cpu_weights == "native"
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Name the largest planet."}], tokenize=False, add_generation_prompt=True
     )
-    return prompt, mlxmodels.generate(reference, tokenizer, prompt, max_tokens=16)[0]
+    with cpu_math_mode("mlx"):
+        return prompt, mlxmodels.generate(reference, tokenizer, prompt, max_tokens=16)[0]
 
 
 @pytest.mark.parametrize("policy", ["fp32", "quantized"])

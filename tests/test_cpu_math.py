@@ -13,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from helpers import cpu_math_mode
 
 from mlxmodels import allocator
 from mlxmodels.cache import window_mask
@@ -129,22 +130,9 @@ def test_rope_tables_match_the_definition(params, dims, traditional, offset):
     expected = _numpy_rope(np.array(x), offset, inv, dims, traditional, rope.magnitude)
     assert np.max(np.abs(got - expected)) < 1e-5
     # And against MLX's op on the other path (its own angle arithmetic: ~1e-5 apart at position 300).
-    plain = np.array(cpu_math_off(lambda: rope(x, offset=offset)))
+    with cpu_math_mode("mlx"):
+        plain = np.array(rope(x, offset=offset))
     assert np.max(np.abs(got - plain)) < 1e-4 * max(1, offset / 100)
-
-
-def cpu_math_off(fn):
-    import os
-
-    old = os.environ.get("ORCHARD_CPU_MATH")
-    os.environ["ORCHARD_CPU_MATH"] = "mlx"
-    try:
-        return mx.array(fn())
-    finally:
-        if old is None:
-            del os.environ["ORCHARD_CPU_MATH"]
-        else:
-            os.environ["ORCHARD_CPU_MATH"] = old
 
 
 def test_fast_path_only_for_float32_on_the_cpu(monkeypatch):
