@@ -14,7 +14,7 @@ from mlxmodels import blas as _blas
 _blas.select()
 _allocator.tune()
 
-from mlxmodels.api import load, load_model, make_cache
+from mlxmodels.api import load, load_model, make_cache, warm_up
 from mlxmodels.errors import OrchardError
 from mlxmodels.generate import GenerationChunk, GenerationStats, generate, stream_generate
 from mlxmodels.sampling import SamplingParams
@@ -29,4 +29,5 @@ __all__ = [
     "load_model",
     "make_cache",
     "stream_generate",
+    "warm_up",
 ]

@@ -52,3 +52,18 @@ def make_cache(model, kv_bits: int | None = None, kv_group_size: int = 64) -> li
     from mlxmodels.cache import KVCache, QuantizedKVCache
 
     return [QuantizedKVCache(kv_bits, kv_group_size) if type(c) is KVCache else c for c in cache]
+
+
+def warm_up(model) -> None:
+    """Run a 2-token prompt and one decode step on a throwaway cache.
+
+    This materialises lazily loaded (and, on the CPU, converted) weights, and makes MLX JIT-compile
+    the CPU backend's fused kernels (`layers/cpu_math.py`), ~0.3 s each the first time on a
+    machine: a first answer's TTFT was 4.1 s with an empty kernel cache, 0.16 s with a warm one.
+    Call it where the time is free, e.g. while a chat UI waits for the first message.
+    """
+    import mlx.core as mx
+
+    cache = model.make_cache()
+    mx.eval(model(mx.array([[0, 0]]), cache=cache))
+    mx.eval(model(mx.array([[0]]), cache=cache))

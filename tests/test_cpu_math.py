@@ -172,3 +172,19 @@ def test_allocator_tuning_rules():
 
     if platform.libc_ver()[0] == "glibc":
         assert allocator._tune({}, "linux")
+
+
+def test_warm_up_runs_the_prefill_and_the_decode_shapes(monkeypatch):
+    """`mlxmodels.warm_up` must reach both compiled paths (several queries, then one) so their
+    kernels are built before a user waits for an answer."""
+    from helpers import TINY_LLAMA
+
+    import mlxmodels
+    from mlxmodels.models import build_model
+
+    model = build_model(dict(TINY_LLAMA, vocab_size=64))
+    queries = []
+    real = cpu_math.attention
+    monkeypatch.setattr(cpu_math, "attention", lambda q, *a, **k: queries.append(q.shape[2]) or real(q, *a, **k))
+    mlxmodels.warm_up(model)
+    assert sorted(set(queries)) == [1, 2]

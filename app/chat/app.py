@@ -75,15 +75,13 @@ Loader = Callable[[str | None, Callable[[str], None]], tuple]
 
 def default_loader(cpu_weights: str = "auto") -> Loader:
     def load(reference, progress):
-        import mlx.core as mx
-
         import mlxmodels
 
         model, tokenizer = mlxmodels.load(reference or None, progress=progress, cpu_weights=cpu_weights)
-        # The first forward pass materialises the lazily loaded (and, on the CPU, converted)
-        # weights: pay it here, under the loading indicator, not in the first answer's TTFT.
+        # Weights to materialise and CPU kernels to compile: pay it here, under the loading
+        # indicator, not in the first answer's TTFT.
         progress("preparing the weights…")
-        mx.eval(model(mx.array([[0]]), cache=model.make_cache()))
+        mlxmodels.warm_up(model)
         return model, tokenizer
 
     return load
