@@ -381,6 +381,8 @@ def test_cli_errors(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("ORCHARD_DATA_DIR", str(tmp_path / "file"))
     assert "cannot write the results store" in _one_line_error(capsys, "-p", "8")
     monkeypatch.setenv("ORCHARD_DATA_DIR", str(tmp_path))
+    assert "mlx-lm cannot load a .gguf file" in _one_line_error(capsys, "-m", "x.gguf", "--compare", "mlx-lm,llama.cpp",
+                                                                "--no-store")
     import importlib.util
 
     real = importlib.util.find_spec

@@ -78,6 +78,9 @@ def _check_compare(compare: list[str], model_ref, synthetic: str | None) -> None
 
         if importlib.util.find_spec("mlx_lm") is None:
             raise OrchardError("--compare mlx-lm needs the mlx-lm package, which is not installed (pip install mlx-lm)")
+        if model_ref is not None and str(model_ref).lower().endswith(".gguf"):
+            raise OrchardError(f"--compare mlx-lm: mlx-lm cannot load a .gguf file ({model_ref}); "
+                               "convert it or pass the MLX model directory")
     if "llama.cpp" in compare:
         if not eng.llama_cpp_available():
             raise OrchardError("--compare llama.cpp needs llama-cpp-python, which is not installed "

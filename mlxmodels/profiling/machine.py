@@ -18,6 +18,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from mlxmodels.cpu_weights import physical_memory
+
 # Unified-memory bandwidth in GB/s (Apple's published figures). Longest names first, so
 # "Apple M4 Max" is not taken for "Apple M4". The Max variants list their top (more-GPU-core)
 # configuration; binned Max parts (M3 Max 14-core CPU: 300, M4 Max 14-core CPU: 410) are noted below.
@@ -87,13 +89,6 @@ def _mac_info() -> dict:
     return info
 
 
-def physical_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
-
-
 def machine_info() -> dict:
     """The machine, OS and accelerator, as recorded with every result."""
     import mlx.core as mx
@@ -102,7 +97,7 @@ def machine_info() -> dict:
 
     backend = backend_name()
     info: dict = {
-        "chip": None, "cpu": None, "cpu_cores": os.cpu_count(), "memory_gb": round(physical_memory_bytes() / 1e9, 1),
+        "chip": None, "cpu": None, "cpu_cores": os.cpu_count(), "memory_gb": round(physical_memory() / 1e9, 1),
         "os": f"{platform.system()} {platform.release()}", "arch": platform.machine(), "backend": backend,
         "gpu": None, "gpu_cores": None, "power_source": None, "thermal": None,
     }

@@ -113,9 +113,9 @@ def synthetic_weights(config: dict, seed: int = 0, progress=None) -> dict[str, m
     params = tree_flatten(model.parameters())
     if not q:
         size = sum(a.nbytes for _, a in params)
-        from mlxmodels.profiling.machine import physical_memory_bytes
+        from mlxmodels.cpu_weights import physical_memory
 
-        if size > 0.5 * physical_memory_bytes():
+        if size > 0.5 * physical_memory():
             raise OrchardError(
                 f"--synthetic: unquantized weights need {size / 1e9:.1f} GB, more than half of this "
                 "machine's memory (use --bits 4)"
