@@ -1,7 +1,8 @@
 """Parity with Hugging Face transformers on tiny random-weight models (tests/fixtures/models).
 
 Each fixture holds a checkpoint written by transformers and the logits transformers computed for a
-24-token sequence (see tests/fixtures/make_fixtures.py). We compare:
+token sequence (24 tokens; longer for linear-attention families, so that a prefill crosses a chunk of
+their scan; see tests/fixtures/fixture_lib.py). We compare:
 - the full sequence in one forward pass;
 - cache-driven decoding: one token at a time, and a chunked prefill followed by single steps —
   which exercises the growing KV cache and, for sliding-window layers, the rotating cache well past
@@ -60,9 +61,20 @@ def test_full_sequence_logits(fixture):
     assert_close(got, expected, f"{name} full sequence")
 
 
-@pytest.mark.parametrize("chunks", [[1] * 24, [5, 1, 7, 1, 10], [11, 13]], ids=["token-by-token", "mixed", "two-chunks"])
-def test_cached_decoding(fixture, chunks):
+# How a sequence of L tokens is fed through the cache. Linear-attention fixtures are longer than a
+# chunk of their scan (64), so "two-chunks" carries a state into a prefill that crosses a boundary.
+CHUNKINGS = {
+    "token-by-token": lambda L: [1] * L,
+    "mixed": lambda L: [5, 1, 7, 1, L - 14],
+    "two-chunks": lambda L: [11, L - 11],
+    "prefill-then-decode": lambda L: [L - 3, 1, 1, 1],
+}
+
+
+@pytest.mark.parametrize("chunking", list(CHUNKINGS))
+def test_cached_decoding(fixture, chunking):
     name, model, ids, expected = fixture
+    chunks = CHUNKINGS[chunking](ids.shape[1])
     if model.info.config.get("rope_parameters", {}).get("rope_type") == "dynamic":
         pytest.skip(
             "dynamic NTK RoPE rescales with the length seen so far: incremental and full-sequence "

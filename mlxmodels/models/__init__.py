@@ -20,6 +20,19 @@ FAMILIES = {
     "olmoe": "olmoe",
     "mamba": "mamba",
     "mamba2": "mamba2",
+    # Hybrid and linear-attention families: a layer pattern mixes full attention with linear-time
+    # layers (gated delta rule, Mamba, short convolutions).
+    "qwen3_next": "qwen3_next",
+    "qwen3_5": "qwen3_5",
+    "qwen3_5_text": "qwen3_5",  # the text tower of a multimodal checkpoint (read_config merges text_config)
+    "qwen3_5_moe": "qwen3_5_moe",
+    "qwen3_5_moe_text": "qwen3_5_moe",
+    "kimi_linear": "kimi_linear",
+    "jamba": "jamba",
+    "falcon_h1": "falcon_h1",
+    "granitemoehybrid": "granitemoehybrid",
+    "nemotron_h": "nemotron_h",
+    "lfm2": "lfm2",
 }
 
 
