@@ -3,6 +3,8 @@
 The families differ only in switches, all of which live here:
 - the router takes a softmax over every expert, then the top k; `norm_topk_prob` renormalises the
   k weights to sum to one (Mixtral always, Qwen3-MoE / OLMoE when the config says so, Qwen2-MoE not);
+- or DeepSeek-V3's router (`scoring="sigmoid"`): a sigmoid score per expert, a load-balancing
+  correction bias that only steers the choice, group-limited top-k, and a routed scaling factor;
 - an optional shared expert every token goes through, optionally scaled by its own sigmoid gate
   (Qwen2-MoE).
 
@@ -31,12 +33,17 @@ SORT_THRESHOLD = 16
 
 
 class Router(nn.Module):
-    """A bias-free linear map that must stay in float: `weight` is [outputs, inputs]."""
+    """A bias-free linear map that must stay in float: `weight` is [outputs, inputs].
 
-    def __init__(self, dims: int, outputs: int):
+    `correction_bias` adds DeepSeek-V3's `e_score_correction_bias` [outputs]: a load-balancing offset
+    that steers which experts are chosen but not how much they weigh (see `SparseMoE.route`)."""
+
+    def __init__(self, dims: int, outputs: int, correction_bias: bool = False):
         super().__init__()
         scale = 1.0 / math.sqrt(dims)
         self.weight = mx.random.uniform(-scale, scale, (outputs, dims))
+        if correction_bias:
+            self.e_score_correction_bias = mx.zeros((outputs,))
 
     def __call__(self, x: mx.array) -> mx.array:
         return x @ self.weight.T
@@ -133,11 +140,18 @@ class SparseMoE(nn.Module):
     `gate`, `experts.{gate,up,down}_proj`, `shared_expert`, `shared_expert_gate`."""
 
     def __init__(self, dims: int, hidden_dims: int, num_experts: int, top_k: int, norm_topk_prob: bool,
-                 act: str = "silu", shared_hidden_dims: int = 0, shared_gate: bool = False):
+                 act: str = "silu", shared_hidden_dims: int = 0, shared_gate: bool = False,
+                 scoring: str = "softmax", correction_bias: bool = False, n_group: int = 1, topk_group: int = 1,
+                 routed_scaling_factor: float = 1.0):
         super().__init__()
+        if scoring not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown expert scoring '{scoring}'")
         self.top_k = top_k
         self.norm_topk_prob = norm_topk_prob
-        self.gate = Router(dims, num_experts)
+        self.scoring = scoring
+        self.n_group, self.topk_group = n_group, topk_group
+        self.routed_scaling_factor = routed_scaling_factor
+        self.gate = Router(dims, num_experts, correction_bias)
         self.experts = SwitchGLU(dims, hidden_dims, num_experts, act)
         if shared_hidden_dims:
             self.shared_expert = GatedMLP(dims, shared_hidden_dims, act)
@@ -145,15 +159,41 @@ class SparseMoE(nn.Module):
                 self.shared_expert_gate = Router(dims, 1)
 
     def route(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        """(expert indices [N, k], their weights [N, k]) for tokens x [N, D]."""
-        probs = mx.softmax(self.gate(x).astype(mx.float32), axis=-1)
+        """(expert indices [N, k], their weights [N, k]) for tokens x [N, D].
+
+        softmax: probabilities over every expert, the k largest. sigmoid (DeepSeek-V3, Kimi, Nemotron-H):
+        independent scores; the choice adds the correction bias and, with groups, is limited to the
+        `topk_group` groups whose two best biased scores sum highest; the weights are the unbiased scores."""
+        logits = self.gate(x).astype(mx.float32)
         k = self.top_k
+        if self.scoring == "softmax":
+            scores = mx.softmax(logits, axis=-1)
+            choice = scores
+        else:
+            scores = mx.sigmoid(logits)
+            choice = scores + self.gate.e_score_correction_bias if "e_score_correction_bias" in self.gate else scores
+            if self.topk_group < self.n_group:
+                choice = self._limit_to_best_groups(choice)
         # argpartition gives the k largest in no particular order: the weighted sum does not care.
-        indices = mx.stop_gradient(mx.argpartition(-probs, kth=k - 1, axis=-1)[..., :k])
-        weights = mx.take_along_axis(probs, indices, axis=-1)
+        indices = mx.stop_gradient(mx.argpartition(-choice, kth=k - 1, axis=-1)[..., :k])
+        weights = mx.take_along_axis(scores, indices, axis=-1)
         if self.norm_topk_prob:
-            weights = weights / weights.sum(axis=-1, keepdims=True)
+            # The epsilon is the reference's (sigmoid weights are never all zero; softmax ones never sum to 0).
+            weights = weights / (weights.sum(axis=-1, keepdims=True) + (1e-20 if self.scoring == "sigmoid" else 0.0))
+        if self.routed_scaling_factor != 1.0:
+            weights = weights * self.routed_scaling_factor
         return indices, weights.astype(x.dtype)
+
+    def _limit_to_best_groups(self, choice: mx.array) -> mx.array:
+        """Scores of experts outside the `topk_group` best groups set to -inf (never chosen)."""
+        N, E = choice.shape
+        grouped = choice.reshape(N, self.n_group, E // self.n_group)
+        best_two = mx.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)  # [N, groups]
+        drop = mx.argpartition(best_two, kth=self.n_group - self.topk_group - 1, axis=-1)[
+            ..., : self.n_group - self.topk_group]
+        keep = mx.ones_like(best_two)
+        keep = mx.put_along_axis(keep, drop, mx.array(0.0), axis=-1)
+        return mx.where(mx.repeat(keep, E // self.n_group, axis=-1) > 0, choice, -mx.inf)
 
     def __call__(self, x: mx.array) -> mx.array:
         shape = x.shape
