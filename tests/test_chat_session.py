@@ -290,7 +290,26 @@ def test_real_model_reuse_matches_a_fresh_prefill(default_model):
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
 
 
-@pytest.mark.parametrize("name", ["llama3-v5", "mistral-swa", "gemma3-v5", "mamba", "mamba2"])
+# Families whose layers mix attention with state that cannot rewind (linear attention, SSM, short conv).
+HYBRID_TYPES = {"qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "kimi_linear", "jamba", "falcon_h1",
+                "granitemoehybrid", "nemotron_h", "lfm2"}
+
+
+def hybrid_fixtures() -> list[str]:
+    """One fixture per hybrid family (the 5.x-dialect one: both dialects load the same model)."""
+    import json
+
+    chosen = {}
+    for directory in sorted(FIXTURES.iterdir()):
+        config = directory / "config.json"
+        if config.is_file() and (directory / "reference.npz").is_file():
+            model_type = json.loads(config.read_text()).get("model_type")
+            if model_type in HYBRID_TYPES:
+                chosen.setdefault(model_type, directory.name)
+    return sorted(chosen.values())
+
+
+@pytest.mark.parametrize("name", ["llama3-v5", "mistral-swa", "gemma3-v5", "mamba", "mamba2", *hybrid_fixtures()])
 def test_reuse_matches_fresh_prefill_on_every_cache_kind(name):
     """Tiny random-weight models of each cache kind (growing KV, sliding window, mixed, SSM state):
     every turn answered on the reused / trimmed / restored cache produces exactly the tokens a fresh
@@ -336,5 +355,22 @@ def test_reuse_matches_fresh_prefill_on_every_cache_kind(name):
         assert_cache_is_exact()
         if step == "more":
             assert turn.reused_tokens > 0 and not turn.restored_snapshot
-    if name.startswith("mamba"):  # a recurrent state cannot be trimmed: rewinds came from snapshots
-        assert turn.restored_snapshot
+    if name.startswith("mamba") or name in hybrid_fixtures():
+        assert turn.restored_snapshot  # a recurrent state cannot be trimmed: rewinds came from snapshots
+
+
+@pytest.mark.parametrize("name", hybrid_fixtures())
+def test_hybrid_chat_reads_only_each_turns_new_tokens(name):
+    """Three turns on a hybrid model: every follow-up prefills exactly the tokens its turn adds (the
+    cache held everything before, attention KV and recurrent state alike), and nothing is re-read."""
+    import mlxmodels
+
+    model = mlxmodels.load_model(FIXTURES / name)
+    session = ChatSession(model, FakeTokenizer(), params=ChatParams(temperature=0.0, max_tokens=4), answer_reserve=4)
+    answer(session.send("first"))
+    for text in ("second", "third"):
+        held = list(session.cache_tokens)
+        answer(session.send(text))
+        turn = session.last_turn
+        assert turn.reused_tokens == len(held) and not turn.restored_snapshot, text
+        assert turn.new_tokens == len(f"\x01{text}\x03\x02"), text  # the user turn and the reply header

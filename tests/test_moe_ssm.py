@@ -97,6 +97,47 @@ def test_moe_layer_matches_plain_ops(tokens, shared):
     assert_close(layer(x), naive_moe(layer, x), f"moe {tokens} tokens")
 
 
+def grouped_sigmoid_route(logits: np.ndarray, bias: np.ndarray, k: int, groups: int, best_groups: int,
+                          normalise: bool, scaling: float) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' DeepSeek-V3 / Kimi / Nemotron-H `TopkRouter.forward`, step by step in NumPy."""
+    scores = 1 / (1 + np.exp(-logits))
+    choice = scores + bias
+    N, E = choice.shape
+    group_scores = np.sort(choice.reshape(N, groups, E // groups), axis=-1)[..., -2:].sum(-1)
+    kept = np.argsort(-group_scores, axis=-1)[:, :best_groups]
+    mask = np.zeros((N, groups), dtype=bool)
+    np.put_along_axis(mask, kept, True, axis=-1)
+    choice = np.where(np.repeat(mask, E // groups, axis=-1), choice, -np.inf)
+    indices = np.argsort(-choice, axis=-1)[:, :k]
+    weights = np.take_along_axis(scores, indices, axis=-1)
+    if normalise:
+        weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+    return indices, weights * scaling
+
+
+@pytest.mark.parametrize("groups,best", [(1, 1), (4, 2), (8, 3)])
+def test_sigmoid_grouped_routing_matches_the_reference_algorithm(groups, best):
+    """DeepSeek-V3 routing: the correction bias steers the choice only, groups limit it; the bias is
+    large enough here that choosing by unbiased scores, or ignoring the groups, picks other experts."""
+    mx.random.seed(groups)
+    layer = moe.SparseMoE(32, 16, num_experts=16, top_k=3, norm_topk_prob=True, scoring="sigmoid",
+                          correction_bias=True, n_group=groups, topk_group=best, routed_scaling_factor=2.5)
+    layer.gate.weight = mx.random.normal(layer.gate.weight.shape)
+    layer.gate.e_score_correction_bias = mx.random.normal((16,)) * 0.5
+    x = mx.random.normal((40, 32))
+    indices, weights = layer.route(x)
+    logits = np.array(x) @ np.array(layer.gate.weight).T
+    ref_indices, ref_weights = grouped_sigmoid_route(logits, np.array(layer.gate.e_score_correction_bias), 3,
+                                                     groups, best, True, 2.5)
+    order, ref_order = np.argsort(np.array(indices), -1), np.argsort(ref_indices, -1)
+    np.testing.assert_array_equal(np.take_along_axis(np.array(indices), order, -1),
+                                  np.take_along_axis(ref_indices, ref_order, -1))
+    assert_close(np.take_along_axis(np.array(weights), order, -1), np.take_along_axis(ref_weights, ref_order, -1),
+                 "routing weights")
+    unbiased, _ = grouped_sigmoid_route(logits, np.zeros(16), 3, 1, 1, True, 2.5)
+    assert (np.sort(unbiased, -1) != np.sort(ref_indices, -1)).any()  # the bias and groups mattered
+
+
 def test_quantized_experts_use_gather_qmm_per_expert():
     mx.random.seed(0)
     layer = moe.SwitchGLU(64, 32, num_experts=4)
