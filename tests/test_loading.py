@@ -134,3 +134,15 @@ def test_model_without_chat_template_gets_a_plain_transcript(tmp_path, capsys, d
     assert text == "System: Be brief.\nUser: Hi\nAssistant:"
     code = main(["run", "--model", str(tiny), "--prompt", "Hi", "--max-tokens", "3", "--temp", "0"])
     assert code == 0 and "no chat template" in capsys.readouterr().err
+
+
+def test_catalog_families_are_supported():
+    """Catalog entries that name their family name one Orchard implements (its module imports)."""
+    from mlxmodels.models import FAMILIES, family_module
+    from mlxmodels.resolve import catalog
+
+    named = {name: entry["family"] for name, entry in catalog().items() if "family" in entry}
+    assert len(named) >= 10
+    for name, family in named.items():
+        assert family in FAMILIES, name
+        family_module({"model_type": family})
