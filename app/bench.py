@@ -26,6 +26,9 @@ def register(sub) -> None:
                         + ", ".join(PRESETS))
     p.add_argument("--bits", type=int, default=4, help="--synthetic: quantization bits, 16 = unquantized (default 4)")
     p.add_argument("--group-size", type=int, default=64, help="--synthetic: quantization group size (default 64)")
+    p.add_argument("--layers", type=int, default=None, metavar="N",
+                   help="--synthetic: keep only the first N layers (real widths), to measure per-layer cost "
+                        "and cache growth of models larger than this machine's memory")
     p.add_argument("-p", "--n-prompt", default="512", metavar="N[,N…]",
                    help="prefill test sizes: list and ranges like 128,512 or 128-2048*2 (default 512)")
     p.add_argument("-g", "--n-gen", default="128", metavar="N[,N…]", help="decode test sizes (default 128)")
@@ -106,7 +109,7 @@ def handle(args: argparse.Namespace) -> int:
     doc = benchmark(make_tests(prompts, gens, depths, pairs), args.repetitions, model_ref=args.model,
                     synthetic=args.synthetic, bits=args.bits, group_size=args.group_size, compare=args.compare,
                     baseline_dtype=args.baseline_dtype, cpu_weights=args.cpu_weights,
-                    prefill_step=args.prefill_step, batch=args.batch, progress=_status)
+                    prefill_step=args.prefill_step, batch=args.batch, layers=args.layers, progress=_status)
     _status("")
     if not args.no_store:
         where = store.append(doc, args.store)

