@@ -44,14 +44,22 @@ def make_cache(model, kv_bits: int | None = None, kv_group_size: int = 64) -> li
     """A fresh per-layer cache for `model(tokens, cache=...)`.
 
     `kv_bits` (4 or 8) stores the keys and values of full-attention layers quantized
-    (`QuantizedKVCache`); sliding-window and recurrent layers keep their own caches.
+    (`QuantizedKVCache`); sliding-window and recurrent layers keep their own caches. A layer that
+    holds attention and SSM caches together (`AttentionSSMCache`) gets its attention part swapped.
     """
     cache = model.make_cache()
     if kv_bits is None:
         return cache
-    from mlxmodels.cache import KVCache, QuantizedKVCache
+    from mlxmodels.cache import AttentionSSMCache, KVCache, QuantizedKVCache
 
-    return [QuantizedKVCache(kv_bits, kv_group_size) if type(c) is KVCache else c for c in cache]
+    def quantized(c):
+        if type(c) is KVCache:
+            return QuantizedKVCache(kv_bits, kv_group_size)
+        if isinstance(c, AttentionSSMCache):
+            return AttentionSSMCache(quantized(c.attention), c.ssm)
+        return c
+
+    return [quantized(c) for c in cache]
 
 
 def warm_up(model) -> None:

@@ -162,6 +162,60 @@ class RotatingKVCache:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 
+class LatentKVCache:
+    """Multi-head Latent Attention's cache (layers/mla.py): per token, only what every head shares.
+
+    `latents` [B, 1, T, kv_lora_rank] holds the normalised KV latent and `rope_keys`
+    [B, 1, T, qk_rope_head_dim] the decoupled rope key; the layer expands them into per-head keys
+    and values (or absorbs the expansion into the query) when it attends. So a token costs
+    (kv_lora_rank + qk_rope_head_dim) values per layer instead of heads x (key + value dims).
+    Buffers grow `step` tokens at a time, as in `KVCache`, and rewind the same way.
+    """
+
+    step = 256
+
+    def __init__(self):
+        self.latents = self.rope_keys = None
+        self.offset = 0
+
+    def update_and_fetch(self, latents: mx.array, rope_keys: mx.array) -> tuple[mx.array, mx.array]:
+        L = latents.shape[2]
+        if self.latents is None or self.offset + L > self.latents.shape[2]:
+            self.latents = _grow(self.latents, self.offset, self.offset + L, self.step, latents)
+            self.rope_keys = _grow(self.rope_keys, self.offset, self.offset + L, self.step, rope_keys)
+        self.latents[..., self.offset : self.offset + L, :] = latents
+        self.rope_keys[..., self.offset : self.offset + L, :] = rope_keys
+        self.offset += L
+        return self.latents[..., : self.offset, :], self.rope_keys[..., : self.offset, :]
+
+    def mask(self, L: int):
+        return None if L == 1 else "causal"
+
+    def can_trim(self, n: int) -> bool:
+        return 0 <= n <= self.offset
+
+    def trim(self, n: int) -> int:
+        n = max(0, min(n, self.offset))
+        self.offset -= n
+        return n
+
+    @property
+    def state(self) -> list:
+        return [] if self.latents is None else [self.latents, self.rope_keys]
+
+    def copy(self) -> "LatentKVCache":
+        clone = LatentKVCache()
+        clone.offset = self.offset
+        if self.latents is not None:
+            clone.latents = self.latents[..., : self.offset, :]
+            clone.rope_keys = self.rope_keys[..., : self.offset, :]
+        return clone
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.latents is None else self.latents.nbytes + self.rope_keys.nbytes
+
+
 def cache_offset(cache: list) -> int:
     return cache[0].offset if cache else 0
 
@@ -240,6 +294,86 @@ class SSMCache:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.state)
+
+
+class StatelessCache:
+    """The cache slot of a layer that keeps nothing between calls (Nemotron-H's MLP and MoE blocks).
+
+    It only counts tokens, so a model's cache stays one object per layer, each with an `offset`;
+    having nothing to forget, it rewinds any number of tokens it has seen.
+    """
+
+    def __init__(self):
+        self.offset = 0
+
+    def advance(self, tokens: int) -> None:
+        self.offset += tokens
+
+    def mask(self, L: int):
+        return None
+
+    def can_trim(self, n: int) -> bool:
+        return 0 <= n <= self.offset
+
+    def trim(self, n: int) -> int:
+        n = max(0, min(n, self.offset))
+        self.offset -= n
+        return n
+
+    @property
+    def state(self) -> list:
+        return []
+
+    def copy(self) -> "StatelessCache":
+        clone = StatelessCache()
+        clone.offset = self.offset
+        return clone
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+class AttentionSSMCache:
+    """The cache of a layer that runs attention and an SSM side by side on the same tokens (Falcon-H1):
+    a KV cache (`attention`) and an `SSMCache` (`ssm`) under one object, one per layer like every cache.
+
+    The layer hands each part to its own block. Together they honour the common interface: the offset
+    and the mask are the attention part's; rewinding needs both parts able to (so, as for any recurrent
+    state, only n == 0), and prefix reuse goes through `copy()` snapshots of both.
+    `mlxmodels.api.make_cache` swaps the attention part for a `QuantizedKVCache` under `--kv-bits`.
+    """
+
+    def __init__(self, attention=None, ssm: SSMCache | None = None):
+        self.attention = attention if attention is not None else KVCache()
+        self.ssm = ssm if ssm is not None else SSMCache()
+
+    @property
+    def offset(self) -> int:
+        return self.attention.offset
+
+    def mask(self, L: int):
+        return self.attention.mask(L)
+
+    def can_trim(self, n: int) -> bool:
+        return self.attention.can_trim(n) and self.ssm.can_trim(n)
+
+    def trim(self, n: int) -> int:
+        if not self.can_trim(n):
+            return 0
+        self.ssm.trim(n)
+        return self.attention.trim(n)
+
+    @property
+    def state(self) -> list:
+        return self.attention.state + self.ssm.state
+
+    def copy(self) -> "AttentionSSMCache":
+        return AttentionSSMCache(self.attention.copy(), self.ssm.copy())
+
+    @property
+    def nbytes(self) -> int:
+        return self.attention.nbytes + self.ssm.nbytes
 
 
 class QuantizedKVCache(KVCache):

@@ -123,6 +123,25 @@ def mlx_lm_config(config: dict) -> dict:
         config["num_experts"] = config["num_local_experts"]
     if config.get("model_type") == "mamba2" and "intermediate_size" not in config:
         config["intermediate_size"] = int(config.get("expand", 2) * config["hidden_size"])
+    if config.get("model_type") == "nemotron_h":
+        # transformers floors dt at time_step_min and ignores time_step_limit; mlx-lm clamps dt to
+        # time_step_limit only. Writing the floor there makes mlx-lm compute what transformers does.
+        floor = config.get("time_step_min", config.get("mamba_dt_min", 0.001))
+        config["time_step_limit"] = [float(floor), float("inf")]
+    if config.get("model_type") == "lfm2" and "block_dim" not in config:
+        config["block_dim"] = config["hidden_size"]  # mlx-lm sizes LFM2's MLP input by it
+    if config.get("model_type") == "kimi_linear":
+        from mlxmodels.models import kimi_linear
+
+        config = kimi_linear.mlx_lm_config(config)  # its layer lists and MoE fields in the original spelling
+    if config.get("model_type") == "granitemoehybrid":
+        from mlxmodels.models import granitemoehybrid
+
+        config = granitemoehybrid.mlx_lm_config(config)  # its layer kinds in the 4.x spelling
+    if config.get("model_type") in ("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text"):
+        from mlxmodels.models import qwen3_next
+
+        config = qwen3_next.mlx_lm_config(config)  # layer pattern, partial rotary, Qwen3.5's text_config
     params = config.pop("rope_parameters", None)
     if not isinstance(params, dict):
         return config

@@ -1,7 +1,9 @@
 """Multi-head attention with grouped KV heads (MHA, GQA and MQA alike), RoPE and a per-layer cache.
 
-Switches cover the dense families: projection biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3),
-a sliding window (Mistral, Gemma 3's local layers) and attention-logit soft-capping (Gemma 2 style).
+Switches cover the dense families: projection biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3)
+or one q/k RMSNorm across all heads with optional q/k/v clipping (OLMoE, OLMo 2/3),
+a sliding window (Mistral, Gemma 3's local layers), attention-logit soft-capping (Gemma 2 style) and
+a sigmoid output gate per head (Qwen3-Next, Qwen3.5).
 """
 
 from __future__ import annotations
@@ -24,14 +26,25 @@ class AttentionSpec:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    rope: RoPE
+    rope: RoPE | None  # None: no positional encoding in attention (NoPE: Jamba, Granite 4.0-H)
     scale: float
     qkv_bias: bool = False
     out_bias: bool = False
-    qk_norm: str | None = None  # None, "rms" or "offset_rms" (Gemma's 1 + w)
+    # None; per head: "rms" or "offset_rms" (Gemma's 1 + w); "full_width": one RMSNorm over all heads'
+    # q (and one over all k) before the split into heads (OLMoE, OLMo 2/3).
+    qk_norm: str | None = None
+    clip_qkv: float | None = None  # OLMoE: q, k, v clipped to ±clip_qkv (after the q/k norms)
     norm_eps: float = 1e-6
     sliding_window: int | None = None
     logit_softcap: float | None = None
+    # Qwen3-Next / Qwen3.5: q_proj also emits a gate per head (each head's [query, gate] side by side)
+    # and the attention output is multiplied by sigmoid(gate) before o_proj.
+    output_gate: bool = False
+    # gpt-oss: a learned logit per query head (`sinks`) joins each softmax's denominator with no value
+    # attached, so a head can give most of its weight to nothing.
+    sinks: bool = False
+    # Phi-3: one `qkv_proj` whose output is [q | k | v] (one matmul instead of three).
+    fused_qkv: bool = False
 
 
 class Attention(nn.Module):
@@ -42,28 +55,53 @@ class Attention(nn.Module):
         self.scale = s.scale
         self.sliding_window = s.sliding_window
         self.logit_softcap = s.logit_softcap
-        self.q_proj = nn.Linear(s.hidden_size, s.num_heads * s.head_dim, bias=s.qkv_bias)
-        self.k_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
-        self.v_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
+        self.output_gate = s.output_gate
+        self.qk_norm = s.qk_norm
+        self.clip_qkv = s.clip_qkv
+        q_outputs = s.num_heads * s.head_dim * (2 if s.output_gate else 1)
+        kv_outputs = s.num_kv_heads * s.head_dim
+        if s.fused_qkv:
+            self.qkv_proj = nn.Linear(s.hidden_size, q_outputs + 2 * kv_outputs, bias=s.qkv_bias)
+        else:
+            self.q_proj = nn.Linear(s.hidden_size, q_outputs, bias=s.qkv_bias)
+            self.k_proj = nn.Linear(s.hidden_size, kv_outputs, bias=s.qkv_bias)
+            self.v_proj = nn.Linear(s.hidden_size, kv_outputs, bias=s.qkv_bias)
         self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=s.out_bias)
-        if s.qk_norm:
+        if s.qk_norm == "full_width":
+            self.q_norm = RMSNorm(s.num_heads * s.head_dim, s.norm_eps)
+            self.k_norm = RMSNorm(s.num_kv_heads * s.head_dim, s.norm_eps)
+        elif s.qk_norm:
             norm = OffsetRMSNorm if s.qk_norm == "offset_rms" else RMSNorm
             self.q_norm = norm(s.head_dim, s.norm_eps)
             self.k_norm = norm(s.head_dim, s.norm_eps)
         self.rope = s.rope
+        if s.sinks:
+            self.sinks = mx.zeros((s.num_heads,))
 
     def __call__(self, x: mx.array, cache=None) -> mx.array:
         B, L, _ = x.shape
-        q = self.q_proj(x).reshape(B, L, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(B, L, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(B, L, self.num_kv_heads, self.head_dim)
-        if "q_norm" in self:
+        if "qkv_proj" in self:
+            q_size = self.num_heads * self.head_dim * (2 if self.output_gate else 1)
+            q, k, v = mx.split(self.qkv_proj(x), [q_size, q_size + self.num_kv_heads * self.head_dim], axis=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.output_gate:
+            q, gate = mx.split(q.reshape(B, L, self.num_heads, 2 * self.head_dim), 2, axis=-1)
+        if self.qk_norm == "full_width":
+            q, k = self.q_norm(q.reshape(B, L, -1)), self.k_norm(k)
+        if self.clip_qkv is not None:
+            q, k, v = (mx.clip(t, -self.clip_qkv, self.clip_qkv) for t in (q, k, v))
+        q = q.reshape(B, L, self.num_heads, self.head_dim)
+        k = k.reshape(B, L, self.num_kv_heads, self.head_dim)
+        v = v.reshape(B, L, self.num_kv_heads, self.head_dim)
+        if self.qk_norm in ("rms", "offset_rms"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
 
         offset = cache.offset if cache is not None else 0
-        q = self.rope(q, offset=offset)
-        k = self.rope(k, offset=offset)
+        if self.rope is not None:
+            q = self.rope(q, offset=offset)
+            k = self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
             mask = cache.mask(L)
@@ -76,22 +114,26 @@ class Attention(nn.Module):
             out = self._attend_quantized(q, k, v, mask, cache)
         else:
             out = self._attend(q, k, v, mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
+        if self.output_gate:
+            out = out * mx.sigmoid(gate.reshape(B, L, -1))
+        return self.o_proj(out)
 
     def _attend_quantized(self, q, k, v, mask, cache):
         """Attention over a quantized KV cache: the kernel reads the packed keys and values directly.
         Full-attention layers only (make_cache keeps sliding-window layers in float), so the mask is
         plain causal, which is what the kernel applies."""
-        if self.logit_softcap is not None:  # no soft-capping in the kernel: dequantize for _attend
+        if self.logit_softcap is not None or "sinks" in self:  # not in the kernel: dequantize for _attend
             k, v = (mx.dequantize(*t, group_size=cache.group_size, bits=cache.bits).astype(q.dtype) for t in (k, v))
             return self._attend(q, k, v, mask)
         return quantized_decode_attention(q, k, v, self.scale, group_size=cache.group_size, bits=cache.bits)
 
     def _attend(self, q, k, v, mask):
+        sinks = self.get("sinks")
         if cpu_math.enabled(q):
-            return cpu_math.attention(q, k, v, self.scale, mask, self.logit_softcap)
+            return cpu_math.attention(q, k, v, self.scale, mask, self.logit_softcap, sinks)
         if self.logit_softcap is None:
-            return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+            return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask, sinks=sinks)
         # The fused kernel cannot soft-cap scores: do it by hand, grouping query heads per KV head.
         B, H, L, D = q.shape
         groups = H // k.shape[1]
@@ -102,5 +144,11 @@ class Attention(nn.Module):
             mask = window_mask(k.shape[2], L, k.shape[2], None)
         if mask is not None:
             scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+        if sinks is not None:  # one more column per row for the sink, dropped after the softmax
+            sink = mx.broadcast_to(sinks.astype(scores.dtype).reshape(1, k.shape[1], groups, 1, 1),
+                                   (*scores.shape[:-1], 1))
+            scores = mx.concatenate([scores, sink], axis=-1)
         weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
+        if sinks is not None:
+            weights = weights[..., :-1]
         return (weights @ mx.expand_dims(v, 2)).reshape(B, H, L, D)

@@ -1,4 +1,5 @@
-"""The gated feed-forward block: SwiGLU (Llama, Qwen, Mistral) or GeGLU (Gemma)."""
+"""The feed-forward blocks: gated, SwiGLU (Llama, Qwen, Mistral) or GeGLU (Gemma), and plain
+(`MLP`: Nemotron-H's up -> relu^2 -> down)."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -13,6 +14,7 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": nn.gelu_approx,
     "gelu_tanh": nn.gelu_approx,
     "gelu": nn.gelu,
+    "relu2": nn.relu2,  # relu(x)^2 (Nemotron-H)
 }
 
 
@@ -38,15 +40,46 @@ def gated_activation(name: str):
     return gated
 
 
-class GatedMLP(nn.Module):
-    """down(act(gate(x)) * up(x))."""
+def clamped_swiglu(limit: float, alpha: float):
+    """gpt-oss's gated activation (gate, up) -> (up' + 1) * gate' * sigmoid(alpha * gate'), where
+    gate' = min(gate, limit) and up' = clip(up, -limit, limit)."""
 
-    def __init__(self, dims: int, hidden_dims: int, act: str = "silu", bias: bool = False):
+    def gated(gate: mx.array, up: mx.array) -> mx.array:
+        gate = mx.minimum(gate, limit)
+        up = mx.clip(up, -limit, limit)
+        sigmoid = cpu_math.sigmoid if cpu_math.enabled(gate) else mx.sigmoid
+        return (up + 1.0) * (gate * sigmoid(alpha * gate))
+
+    return gated
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)); `fused` (Phi-3): one `gate_up_proj` whose output is [gate | up]."""
+
+    def __init__(self, dims: int, hidden_dims: int, act: str = "silu", bias: bool = False, fused: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(dims, hidden_dims, bias=bias)
-        self.up_proj = nn.Linear(dims, hidden_dims, bias=bias)
+        if fused:
+            self.gate_up_proj = nn.Linear(dims, 2 * hidden_dims, bias=bias)
+        else:
+            self.gate_proj = nn.Linear(dims, hidden_dims, bias=bias)
+            self.up_proj = nn.Linear(dims, hidden_dims, bias=bias)
         self.down_proj = nn.Linear(hidden_dims, dims, bias=bias)
         self.gated = gated_activation(act)
 
     def __call__(self, x: mx.array) -> mx.array:
+        if "gate_up_proj" in self:
+            return self.down_proj(self.gated(*mx.split(self.gate_up_proj(x), 2, axis=-1)))
         return self.down_proj(self.gated(self.gate_proj(x), self.up_proj(x)))
+
+
+class MLP(nn.Module):
+    """down(act(up(x))): the non-gated feed-forward block."""
+
+    def __init__(self, dims: int, hidden_dims: int, act: str, bias: bool = False):
+        super().__init__()
+        self.up_proj = nn.Linear(dims, hidden_dims, bias=bias)
+        self.down_proj = nn.Linear(hidden_dims, dims, bias=bias)
+        self.act = activation(act)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(self.act(self.up_proj(x)))

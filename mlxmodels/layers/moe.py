@@ -6,7 +6,13 @@ The families differ only in switches, all of which live here:
 - or DeepSeek-V3's router (`scoring="sigmoid"`): a sigmoid score per expert, a load-balancing
   correction bias that only steers the choice, group-limited top-k, and a routed scaling factor;
 - an optional shared expert every token goes through, optionally scaled by its own sigmoid gate
-  (Qwen2-MoE).
+  (Qwen2-MoE);
+- non-gated experts (`gated=False`: down(act(up(x))), Nemotron-H's relu^2), whose shared expert is
+  non-gated too, and optional latent projections that the routed experts run between
+  (`latent_dims`: Nemotron-H's `moe_latent_size`);
+- gpt-oss: a router with a bias, whose softmax over the k largest logits is the softmax-then-top-k
+  above renormalised (`norm_topk_prob`); experts with biases (`expert_bias`) and the clamped SwiGLU
+  (`swiglu_limit`, `swiglu_alpha`: see mlp.clamped_swiglu).
 
 Experts run as gathered matmuls over stacked weights ([experts, out, in]), never as a Python loop
 over experts: `mx.gather_mm` (or `mx.gather_qmm` once quantized) multiplies each token by the
@@ -25,7 +31,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxmodels.layers.mlp import GatedMLP, gated_activation
+from mlxmodels.layers.mlp import MLP, GatedMLP, activation, clamped_swiglu, gated_activation
 
 # From this many (token, expert) pairs on, sorting them by expert pays for its argsorts: below it
 # (decode: one token, k pairs) the unsorted gather reads the same few experts either way.
@@ -33,52 +39,68 @@ SORT_THRESHOLD = 16
 
 
 class Router(nn.Module):
-    """A bias-free linear map that must stay in float: `weight` is [outputs, inputs].
+    """A linear map that must stay in float: `weight` is [outputs, inputs], and a `bias` [outputs]
+    only when asked (gpt-oss).
 
     `correction_bias` adds DeepSeek-V3's `e_score_correction_bias` [outputs]: a load-balancing offset
     that steers which experts are chosen but not how much they weigh (see `SparseMoE.route`)."""
 
-    def __init__(self, dims: int, outputs: int, correction_bias: bool = False):
+    def __init__(self, dims: int, outputs: int, correction_bias: bool = False, bias: bool = False):
         super().__init__()
         scale = 1.0 / math.sqrt(dims)
         self.weight = mx.random.uniform(-scale, scale, (outputs, dims))
         if correction_bias:
             self.e_score_correction_bias = mx.zeros((outputs,))
+        if bias:
+            self.bias = mx.zeros((outputs,))
 
     def __call__(self, x: mx.array) -> mx.array:
-        return x @ self.weight.T
+        y = x @ self.weight.T
+        return y + self["bias"] if "bias" in self else y
+
+
+def _add_expert_bias(layer: nn.Module, y: mx.array, indices: mx.array) -> mx.array:
+    """y [..., 1, out] from the experts `indices` [...] plus each one's bias row, if the layer has biases."""
+    return y + mx.expand_dims(layer["bias"][indices], -2) if "bias" in layer else y
 
 
 class SwitchLinear(nn.Module):
-    """`num_experts` linear maps stacked as one [experts, out, in] weight; x picks one per row."""
+    """`num_experts` linear maps stacked as one [experts, out, in] weight (and, with `bias`, an
+    [experts, out] bias); x picks one per row."""
 
-    def __init__(self, input_dims: int, output_dims: int, num_experts: int):
+    def __init__(self, input_dims: int, output_dims: int, num_experts: int, bias: bool = False):
         super().__init__()
         scale = 1.0 / math.sqrt(input_dims)
         self.weight = mx.random.uniform(-scale, scale, (num_experts, output_dims, input_dims))
+        if bias:
+            self.bias = mx.zeros((num_experts, output_dims))
 
     @property
     def num_experts(self) -> int:
         return self.weight.shape[0]
 
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
-        return mx.gather_mm(x, self.weight.swapaxes(-1, -2), rhs_indices=indices, sorted_indices=sorted_indices)
+        y = mx.gather_mm(x, self.weight.swapaxes(-1, -2), rhs_indices=indices, sorted_indices=sorted_indices)
+        return _add_expert_bias(self, y, indices)
 
     def to_quantized(self, group_size: int = None, bits: int = None, mode: str = "affine", **_):
         return QuantizedSwitchLinear.from_switch_linear(self, group_size, bits, mode)
 
 
 class QuantizedSwitchLinear(nn.Module):
-    """SwitchLinear with every expert's weight quantized on its own (per-expert scales and biases)."""
+    """SwitchLinear with every expert's weight quantized on its own (per-expert scales, and for the
+    affine mode per-expert `biases`); an expert `bias` stays in float."""
 
     def __init__(self, input_dims: int, output_dims: int, num_experts: int, group_size: int = 64,
-                 bits: int = 4, mode: str = "affine"):
+                 bits: int = 4, mode: str = "affine", bias: bool = False):
         super().__init__()
         self.group_size, self.bits, self.mode = group_size, bits, mode
         zeros = mx.zeros((num_experts, output_dims, input_dims))
         self.weight, self.scales, *biases = mx.quantize(zeros, group_size, bits, mode=mode)
         if biases:
             self.biases = biases[0]
+        if bias:
+            self.bias = mx.zeros((num_experts, output_dims))
         self.freeze()
 
     @classmethod
@@ -86,17 +108,20 @@ class QuantizedSwitchLinear(nn.Module):
         E, out_dims, in_dims = layer.weight.shape
         group_size = group_size or 64
         bits = bits or 4
-        q = cls(in_dims, out_dims, E, group_size, bits, mode)
+        q = cls(in_dims, out_dims, E, group_size, bits, mode, bias="bias" in layer)
         q.weight, q.scales, *biases = mx.quantize(layer.weight, group_size, bits, mode=mode)
         if biases:
             q.biases = biases[0]
+        if "bias" in layer:
+            q.bias = layer.bias
         return q
 
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
-        return mx.gather_qmm(
+        y = mx.gather_qmm(
             x, self["weight"], self["scales"], self.get("biases"), rhs_indices=indices, transpose=True,
             group_size=self.group_size, bits=self.bits, mode=self.mode, sorted_indices=sorted_indices,
         )
+        return _add_expert_bias(self, y, indices)
 
 
 def _sort_by_expert(x: mx.array, indices: mx.array):
@@ -109,40 +134,70 @@ def _sort_by_expert(x: mx.array, indices: mx.array):
     return x, flat[order], inverse
 
 
-class SwitchGLU(nn.Module):
-    """Every expert a gated MLP, down(act(gate(x)) * up(x)), on stacked weights."""
+def _run_experts(x: mx.array, indices: mx.array, expert) -> mx.array:
+    """x [N, D], indices [N, k] -> each chosen expert's output [N, k, D]; `expert(rows, idx, sorted)`
+    applies the stacked projections to the gathered rows."""
+    N, k = indices.shape
+    x = x[:, None, None, :]  # [N, 1, 1, D]: one row per token, broadcast over its k choices
+    sort = indices.size >= SORT_THRESHOLD
+    if sort:
+        x, idx, inverse = _sort_by_expert(x, indices)
+    else:
+        idx = indices
+    y = expert(x, idx, sort)
+    if sort:
+        y = y[inverse]  # back to (token, choice) order: [N*k, 1, D]
+    return y.reshape(N, k, -1)
 
-    def __init__(self, dims: int, hidden_dims: int, num_experts: int, act: str = "silu"):
+
+class SwitchGLU(nn.Module):
+    """Every expert a gated MLP, down(act(gate(x)) * up(x)), on stacked weights; with `bias`, each
+    projection has per-expert biases; with `swiglu_limit`, gpt-oss's clamped SwiGLU replaces act."""
+
+    def __init__(self, dims: int, hidden_dims: int, num_experts: int, act: str = "silu", bias: bool = False,
+                 swiglu_limit: float | None = None, swiglu_alpha: float = 1.702):
         super().__init__()
-        self.gate_proj = SwitchLinear(dims, hidden_dims, num_experts)
-        self.up_proj = SwitchLinear(dims, hidden_dims, num_experts)
-        self.down_proj = SwitchLinear(hidden_dims, dims, num_experts)
-        self.gated = gated_activation(act)
+        self.gate_proj = SwitchLinear(dims, hidden_dims, num_experts, bias)
+        self.up_proj = SwitchLinear(dims, hidden_dims, num_experts, bias)
+        self.down_proj = SwitchLinear(hidden_dims, dims, num_experts, bias)
+        if swiglu_limit is None:
+            self.gated = gated_activation(act)
+        else:
+            self.gated = clamped_swiglu(swiglu_limit, swiglu_alpha)
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         """x [N, D], indices [N, k] -> each chosen expert's output [N, k, D]."""
-        N, k = indices.shape
-        x = x[:, None, None, :]  # [N, 1, 1, D]: one row per token, broadcast over its k choices
-        sort = indices.size >= SORT_THRESHOLD
-        if sort:
-            x, idx, inverse = _sort_by_expert(x, indices)
-        else:
-            idx = indices
-        h = self.gated(self.gate_proj(x, idx, sort), self.up_proj(x, idx, sort))
-        y = self.down_proj(h, idx, sort)
-        if sort:
-            y = y[inverse]  # back to (token, choice) order: [N*k, 1, D]
-        return y.reshape(N, k, -1)
+        return _run_experts(x, indices, lambda x, idx, sort: self.down_proj(
+            self.gated(self.gate_proj(x, idx, sort), self.up_proj(x, idx, sort)), idx, sort))
+
+
+class SwitchMLP(nn.Module):
+    """Every expert a plain MLP, down(act(up(x))), on stacked weights (Nemotron-H: relu^2)."""
+
+    def __init__(self, dims: int, hidden_dims: int, num_experts: int, act: str = "relu2"):
+        super().__init__()
+        self.up_proj = SwitchLinear(dims, hidden_dims, num_experts)
+        self.down_proj = SwitchLinear(hidden_dims, dims, num_experts)
+        self.act = activation(act)
+
+    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        """x [N, D], indices [N, k] -> each chosen expert's output [N, k, D]."""
+        return _run_experts(x, indices, lambda x, idx, sort: self.down_proj(
+            self.act(self.up_proj(x, idx, sort)), idx, sort))
 
 
 class SparseMoE(nn.Module):
     """Router + top-k experts (+ optional shared expert). Parameter names follow Qwen2-MoE's:
-    `gate`, `experts.{gate,up,down}_proj`, `shared_expert`, `shared_expert_gate`."""
+    `gate`, `experts.{gate,up,down}_proj`, `shared_expert`, `shared_expert_gate`; and Nemotron-H's
+    `fc1_latent_proj` / `fc2_latent_proj`. `mlp_bias` gives the shared expert and the latent
+    projections biases; `expert_bias` the routed (gated) experts', `router_bias` the router's."""
 
     def __init__(self, dims: int, hidden_dims: int, num_experts: int, top_k: int, norm_topk_prob: bool,
                  act: str = "silu", shared_hidden_dims: int = 0, shared_gate: bool = False,
                  scoring: str = "softmax", correction_bias: bool = False, n_group: int = 1, topk_group: int = 1,
-                 routed_scaling_factor: float = 1.0):
+                 routed_scaling_factor: float = 1.0, gated: bool = True, latent_dims: int = 0,
+                 mlp_bias: bool = False, router_bias: bool = False, expert_bias: bool = False,
+                 swiglu_limit: float | None = None, swiglu_alpha: float = 1.702):
         super().__init__()
         if scoring not in ("softmax", "sigmoid"):
             raise ValueError(f"unknown expert scoring '{scoring}'")
@@ -151,10 +206,18 @@ class SparseMoE(nn.Module):
         self.scoring = scoring
         self.n_group, self.topk_group = n_group, topk_group
         self.routed_scaling_factor = routed_scaling_factor
-        self.gate = Router(dims, num_experts, correction_bias)
-        self.experts = SwitchGLU(dims, hidden_dims, num_experts, act)
+        self.gate = Router(dims, num_experts, correction_bias, router_bias)
+        expert_dims = latent_dims or dims
+        if latent_dims:
+            self.fc1_latent_proj = nn.Linear(dims, latent_dims, bias=mlp_bias)
+            self.fc2_latent_proj = nn.Linear(latent_dims, dims, bias=mlp_bias)
+        if gated:
+            self.experts = SwitchGLU(expert_dims, hidden_dims, num_experts, act, expert_bias, swiglu_limit,
+                                     swiglu_alpha)
+        else:
+            self.experts = SwitchMLP(expert_dims, hidden_dims, num_experts, act)
         if shared_hidden_dims:
-            self.shared_expert = GatedMLP(dims, shared_hidden_dims, act)
+            self.shared_expert = (GatedMLP if gated else MLP)(dims, shared_hidden_dims, act, mlp_bias)
             if shared_gate:
                 self.shared_expert_gate = Router(dims, 1)
 
@@ -199,7 +262,10 @@ class SparseMoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         indices, weights = self.route(x)
-        y = (self.experts(x, indices) * weights[..., None]).sum(axis=-2)
+        routed = self.fc1_latent_proj(x) if "fc1_latent_proj" in self else x
+        y = (self.experts(routed, indices) * weights[..., None]).sum(axis=-2)
+        if "fc2_latent_proj" in self:
+            y = self.fc2_latent_proj(y)
         if "shared_expert" in self:
             shared = self.shared_expert(x)
             if "shared_expert_gate" in self:

@@ -24,6 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxmodels.layers.mlp import gated_activation
+from mlxmodels.layers.norms import RMSNorm
 
 # Mamba-1 prefill: tokens per log-depth scan. Each token costs log2(SCAN_BLOCK) elementwise passes
 # over its [channels, state] slice, so small blocks do less work; 16 keeps the Python loop over
@@ -56,21 +57,44 @@ def linear_scan(a: mx.array, b: mx.array, h0: mx.array | None = None) -> mx.arra
     return b
 
 
-def causal_conv(conv: nn.Conv1d, x: mx.array, window: mx.array | None) -> tuple[mx.array, mx.array]:
-    """Depthwise causal conv of x [B, L, C] after the cached window [B, K-1, C]; SiLU applied.
-    Returns (output [B, L, C], the new window)."""
+def causal_conv(conv: nn.Conv1d, x: mx.array, window: mx.array | None,
+                act=nn.silu) -> tuple[mx.array, mx.array]:
+    """Depthwise causal conv of x [B, L, C] after the cached window [B, K-1, C], then `act` (SiLU;
+    None for no activation). Returns (output [B, L, C], the new window).
+
+    Computed as K shifted multiply-adds instead of through `conv`'s grouped convolution: the same
+    sum, ~7x faster on the CPU backend (2048 channels, K = 3, 512 tokens: 2.4 ms against 16.6 ms).
+    """
     K = conv.weight.shape[1]
     if window is None:
         window = mx.zeros((x.shape[0], K - 1, x.shape[-1]), dtype=x.dtype)
     full = mx.concatenate([window, x], axis=1)
-    return nn.silu(conv(full)), full[:, full.shape[1] - (K - 1):]
+    L = x.shape[1]
+    taps = conv.weight[:, :, 0]  # [C, K]: MLX stores a depthwise kernel as [C, K, 1]
+    y = full[:, :L] * taps[:, 0]
+    for k in range(1, K):
+        y = y + full[:, k : k + L] * taps[:, k]
+    if "bias" in conv:
+        y = y + conv.bias
+    return (y if act is None else act(y)), full[:, full.shape[1] - (K - 1):]
+
+
+def depthwise_conv_weight(value: mx.array) -> mx.array:
+    """A checkpoint's depthwise conv1d kernel in MLX's layout: PyTorch's [C, 1, K] -> [C, K, 1];
+    a kernel already in MLX's layout (an MLX-format checkpoint) is returned as it is."""
+    if value.ndim == 3 and value.shape[1] == 1 and value.shape[2] != 1:
+        return value.swapaxes(1, 2)
+    return value
 
 
 class MambaMixer(nn.Module):
-    """Mamba-1's mixer. Parameter names and shapes follow Hugging Face's `MambaMixer`."""
+    """Mamba-1's mixer. Parameter names and shapes follow Hugging Face's `MambaMixer`.
+
+    `inner_norm_eps` adds Jamba's RMSNorms on dt (before `dt_proj`), B and C, right after `x_proj`
+    (`dt_layernorm`, `b_layernorm`, `c_layernorm`)."""
 
     def __init__(self, hidden: int, inner: int, state: int, conv_kernel: int, dt_rank: int,
-                 use_bias: bool, conv_bias: bool, act: str = "silu"):
+                 use_bias: bool, conv_bias: bool, act: str = "silu", inner_norm_eps: float | None = None):
         super().__init__()
         self.inner, self.state_size, self.dt_rank = inner, state, dt_rank
         self.in_proj = nn.Linear(hidden, 2 * inner, bias=use_bias)
@@ -81,12 +105,18 @@ class MambaMixer(nn.Module):
         self.D = mx.ones((inner,))
         self.out_proj = nn.Linear(inner, hidden, bias=use_bias)
         self.gated = gated_activation(act)
+        if inner_norm_eps is not None:
+            self.dt_layernorm = RMSNorm(dt_rank, inner_norm_eps)
+            self.b_layernorm = RMSNorm(state, inner_norm_eps)
+            self.c_layernorm = RMSNorm(state, inner_norm_eps)
 
     def __call__(self, x: mx.array, cache=None) -> mx.array:
         window, h = cache.fetch() if cache is not None else (None, None)
         xs, z = mx.split(self.in_proj(x), 2, axis=-1)
         xs, window = causal_conv(self.conv1d, xs, window)
         dt, B, C = mx.split(self.x_proj(xs), [self.dt_rank, self.dt_rank + self.state_size], axis=-1)
+        if "dt_layernorm" in self:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         dt = softplus(self.dt_proj(dt))  # [B, L, D]
         A = -mx.exp(self.A_log.astype(mx.float32))  # [D, N]
         if x.shape[1] == 1:
@@ -123,26 +153,44 @@ class MambaMixer(nn.Module):
 
 
 class GatedRMSNorm(nn.Module):
-    """Mamba-2's output norm: RMS-normalise y * SiLU(gate) within each of `groups` channel groups."""
+    """Mamba-2's output norm: RMS-normalise y * SiLU(gate) within each of `groups` channel groups.
 
-    def __init__(self, dims: int, groups: int, eps: float):
+    `norm_before_gate` (Falcon-H1's `mamba_norm_before_gate`) swaps the order: y is normalised and
+    scaled by the weight first, then multiplied by SiLU(gate)."""
+
+    def __init__(self, dims: int, groups: int, eps: float, norm_before_gate: bool = False):
         super().__init__()
         self.weight = mx.ones((dims,))
         self.groups, self.eps = groups, eps
+        self.norm_before_gate = norm_before_gate
 
     def __call__(self, y: mx.array, gate: mx.array) -> mx.array:
-        y = y * nn.silu(gate)
+        if not self.norm_before_gate:
+            y = y * nn.silu(gate)
         shape = y.shape
         y = mx.fast.rms_norm(y.reshape(*shape[:-1], self.groups, -1), None, self.eps)
-        return y.reshape(shape) * self.weight
+        y = y.reshape(shape) * self.weight
+        return y * nn.silu(gate) if self.norm_before_gate else y
 
 
 class Mamba2Mixer(nn.Module):
-    """Mamba-2's mixer (SSD). Parameter names and shapes follow Hugging Face's `Mamba2Mixer`."""
+    """Mamba-2's mixer (SSD). Parameter names and shapes follow Hugging Face's `Mamba2Mixer`.
+
+    Falcon-H1's variant is switched on by three options:
+    - `gate_norm`: "gate_then_norm" (Mamba-2: `GatedRMSNorm`), "norm_then_gate" (the norm first,
+      then the SiLU gate) or None (no norm and no `norm.weight`: y * SiLU(gate));
+    - `projection_multipliers`: five scalars multiplying the segments of `in_proj`'s output
+      (gate z, x, B, C, dt), Falcon-H1's muP `ssm_multipliers`;
+    - `out_bias`: `out_proj`'s bias when it differs from `in_proj`'s (`use_bias`).
+    """
 
     def __init__(self, hidden: int, heads: int, head_dim: int, state: int, groups: int, conv_kernel: int,
-                 chunk_size: int, eps: float, use_bias: bool, conv_bias: bool, dt_limit=(0.0, math.inf)):
+                 chunk_size: int, eps: float, use_bias: bool, conv_bias: bool, dt_limit=(0.0, math.inf),
+                 gate_norm: str | None = "gate_then_norm", projection_multipliers: tuple | None = None,
+                 out_bias: bool | None = None):
         super().__init__()
+        if gate_norm not in ("gate_then_norm", "norm_then_gate", None):
+            raise ValueError(f"unknown gate_norm '{gate_norm}'")
         self.heads, self.head_dim, self.state_size, self.groups = heads, head_dim, state, groups
         self.inner = heads * head_dim
         self.chunk_size = chunk_size
@@ -153,14 +201,25 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = mx.ones((heads,))
         self.A_log = mx.log(mx.arange(1, heads + 1, dtype=mx.float32))
         self.D = mx.ones((heads,))
-        self.norm = GatedRMSNorm(self.inner, groups, eps)
-        self.out_proj = nn.Linear(self.inner, hidden, bias=use_bias)
+        if gate_norm is not None:
+            self.norm = GatedRMSNorm(self.inner, groups, eps, norm_before_gate=gate_norm == "norm_then_gate")
+        self.out_proj = nn.Linear(self.inner, hidden, bias=use_bias if out_bias is None else out_bias)
+        # One factor per in_proj output channel; underscored, so not a parameter (nor cast by set_dtype).
+        self._projection_scale = None
+        if projection_multipliers is not None:
+            sizes = (self.inner, self.inner, groups * state, groups * state, heads)
+            self._projection_scale = mx.concatenate(
+                [mx.full((n,), m, dtype=mx.float32) for n, m in zip(sizes, projection_multipliers, strict=True)]
+            )
 
     def __call__(self, x: mx.array, cache=None) -> mx.array:
         Bsz, L, _ = x.shape
         window, h = cache.fetch() if cache is not None else (None, None)
         conv_dim = self.inner + 2 * self.groups * self.state_size
-        z, xBC, dt = mx.split(self.in_proj(x), [self.inner, self.inner + conv_dim], axis=-1)
+        projected = self.in_proj(x)
+        if self._projection_scale is not None:
+            projected = projected * self._projection_scale.astype(projected.dtype)
+        z, xBC, dt = mx.split(projected, [self.inner, self.inner + conv_dim], axis=-1)
         xBC, window = causal_conv(self.conv1d, xBC, window)
         gn = self.groups * self.state_size
         xs, B, C = mx.split(xBC, [self.inner, self.inner + gn], axis=-1)
@@ -173,8 +232,8 @@ class Mamba2Mixer(nn.Module):
             y, h = self._step(xs, dt, A, B, C, h)
         else:
             y, h = self._chunked_scan(xs, dt, A, B, C, h)
-        y = y + xs * self.D[:, None]
-        y = self.norm(y.reshape(Bsz, L, self.inner), z)
+        y = (y + xs * self.D[:, None]).reshape(Bsz, L, self.inner)
+        y = self.norm(y, z) if "norm" in self else y * nn.silu(z)
         if cache is not None:
             cache.update(window, h, L)
         return self.out_proj(y)
