@@ -48,6 +48,10 @@ def quantization_settings(config: dict) -> dict | None:
     q = config.get("quantization") or config.get("quantization_config")
     if q is None:
         return None
+    if isinstance(q, dict) and q.get("quant_method") == "mxfp4":
+        # gpt-oss's Hugging Face checkpoints: experts as MXFP4 blocks and scales, which the family's
+        # `sanitize` hands over in MLX's own mxfp4 layout; the modules without scales stay float.
+        return {"group_size": 32, "bits": 4, "mode": "mxfp4"}
     if not isinstance(q, dict) or "group_size" not in q or "bits" not in q:
         # e.g. a GPTQ/AWQ `quantization_config`: not a format MLX computes with.
         method = q.get("quant_method", "unknown") if isinstance(q, dict) else q
@@ -117,7 +121,8 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
         checkpoint_dtype=str(checkpoint_dtype).removeprefix("mlx.core."),
         compute_dtype=str(compute_dtype).removeprefix("mlx.core."),
         backend=backend_name(),
-        context_length=int(config.get("max_position_embeddings") or 0),
+        # Kimi Linear's config names its context `model_max_length`.
+        context_length=int(config.get("max_position_embeddings") or config.get("model_max_length") or 0),
         cpu_weights=policy,
         cpu_weights_bytes=extra_bytes,
         cpu_weights_requested=cpu_weights,

@@ -103,18 +103,19 @@ def causal_allowed(queries: int, keys: int) -> mx.array:
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None,
-              softcap: float | None = None) -> mx.array:
-    """softmax(q k^T * scale [+ mask]) v for q [B, H, L, D] and k, v [B, H_kv, S, D].
+              softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
+    """softmax(q k^T * scale [+ mask]) v for q [B, H, L, D], k [B, H_kv, S, D] and v [B, H_kv, S, Dv].
 
     `mask` is None, "causal" or a bool (allowed) / additive float array broadcastable to [L, S].
     Grouped-query heads are stacked as rows of one matrix per KV head, so keys and values are read
     once per group, never repeated. `softcap` applies Gemma 2's tanh soft-capping to the scores.
+    `sinks` [H] (gpt-oss): one more logit per head, with no value, that joins each row's softmax.
     """
     B, H, L, D = q.shape
     if L == 1 and softcap is None:
         # Decoding: one row of scores per head, too few for exp's cost to matter; MLX's own op
         # needs fewer ops for it (measured: the composite below slowed decoding down).
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
     kv_heads, S = k.shape[1], k.shape[2]
     groups = H // kv_heads
     # A compiled function is traced again for every new input shape and MLX keeps every trace:
@@ -132,8 +133,14 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None,
         scores = mx.where(mask, scores, -mx.inf) if mask.dtype == mx.bool_ else scores + mask
     # The broadcast subtraction is its own op: inside a compiled kernel a broadcast input makes MLX
     # fall back to its strided loop, 2.6x slower than exp over the contiguous result.
-    weights = exp_(scores - scores.max(axis=-1, keepdims=True))
+    top = scores.max(axis=-1, keepdims=True)
+    if sinks is not None:  # the sink joins the row's maximum and its denominator, not the output
+        sink = sinks.astype(scores.dtype).reshape(1, kv_heads, groups, 1, 1)
+        top = mx.maximum(top, sink)
+    weights = exp_(scores - top)
     total = weights.sum(axis=-1, keepdims=True)
+    if sinks is not None:
+        total = total + exp_(sink - top)
     # Normalise the [.., L, D] output rather than the [.., L, S] weights: fewer divisions.
     out = (weights.reshape(B, kv_heads, groups * L, S) @ v) / total.reshape(B, kv_heads, groups * L, 1)
-    return out.reshape(B, H, L, D)
+    return out.reshape(B, H, L, v.shape[-1])  # values may be narrower than keys (MLA)

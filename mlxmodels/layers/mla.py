@@ -1,0 +1,116 @@
+"""Multi-head Latent Attention (DeepSeek-V2/V3, Kimi Linear): keys and values from a shared latent.
+
+Per token, `kv_a_proj_with_mqa` gives a latent c (kv_lora_rank wide) and a rope key k_r
+(qk_rope_head_dim) that every head shares; c is RMS-normalised and `kv_b_proj` expands it into
+each head's k_nope (qk_nope_head_dim) and v (v_head_dim). A head's key is [k_nope, k_r] and its
+query [q_nope, q_r], from `q_proj` or, with `q_lora_rank`, from q_a_proj -> q_a_layernorm -> q_b_proj.
+RoPE, where the family uses it, rotates only q_r and k_r (Kimi Linear's MLA uses none).
+
+The cache (`LatentKVCache`) keeps c and k_r per token, not the expanded keys and values. Prefill
+expands the latents through kv_b_proj and attends as usual. Decode absorbs the expansion instead:
+with kv_b_proj = [W_k; W_v] per head, q_nope . (W_k c) = (W_k^T q_nope) . c and the output is
+W_v (sum_t p_t c_t), so a step reads each cached latent once and never expands the context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxmodels.layers import cpu_math
+from mlxmodels.layers.norms import RMSNorm
+from mlxmodels.layers.rope import RoPE
+
+
+@dataclass
+class MLASpec:
+    hidden_size: int
+    num_heads: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    scale: float
+    q_lora_rank: int | None = None  # None: a plain q_proj
+    rope: RoPE | None = None  # None: no positional encoding (Kimi Linear)
+    bias: bool = False  # on q_a_proj, kv_a_proj_with_mqa and o_proj (the configs' `attention_bias`)
+    norm_eps: float = 1e-6  # q_a_layernorm and kv_a_layernorm (the references' default, not rms_norm_eps)
+
+
+class MultiHeadLatentAttention(nn.Module):
+    def __init__(self, spec: MLASpec):
+        super().__init__()
+        s = spec
+        self.num_heads, self.scale, self.rope = s.num_heads, s.scale, s.rope
+        self.kv_lora_rank = s.kv_lora_rank
+        self.nope, self.rope_dims, self.v_dims = s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim
+        q_width = s.num_heads * (s.qk_nope_head_dim + s.qk_rope_head_dim)
+        if s.q_lora_rank is None:
+            self.q_proj = nn.Linear(s.hidden_size, q_width, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(s.hidden_size, s.q_lora_rank, bias=s.bias)
+            self.q_a_layernorm = RMSNorm(s.q_lora_rank, s.norm_eps)
+            self.q_b_proj = nn.Linear(s.q_lora_rank, q_width, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(s.hidden_size, s.kv_lora_rank + s.qk_rope_head_dim, bias=s.bias)
+        self.kv_a_layernorm = RMSNorm(s.kv_lora_rank, s.norm_eps)
+        self.kv_b_proj = nn.Linear(s.kv_lora_rank, s.num_heads * (s.qk_nope_head_dim + s.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(s.num_heads * s.v_head_dim, s.hidden_size, bias=s.bias)
+
+    def __call__(self, x: mx.array, cache=None) -> mx.array:
+        B, L, _ = x.shape
+        if "q_proj" in self:
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.reshape(B, L, self.num_heads, -1).transpose(0, 2, 1, 3)
+        q_nope, q_rope = mx.split(q, [self.nope], axis=-1)
+        latents, rope_keys = mx.split(self.kv_a_proj_with_mqa(x), [self.kv_lora_rank], axis=-1)
+        latents = self.kv_a_layernorm(latents)[:, None]  # [B, 1, L, kv_lora_rank]: one "head" shared by all
+        rope_keys = rope_keys[:, None]  # [B, 1, L, qk_rope_head_dim]
+
+        if self.rope is not None:
+            offset = cache.offset if cache is not None else 0
+            q_rope = self.rope(q_rope, offset=offset)
+            rope_keys = self.rope(rope_keys, offset=offset)
+        if cache is not None:
+            latents, rope_keys = cache.update_and_fetch(latents, rope_keys)
+            mask = cache.mask(L)
+        else:
+            mask = "causal" if L > 1 else None
+
+        if L == 1:
+            out = self._attend_absorbed(q_nope, q_rope, latents, rope_keys)
+        else:
+            out = self._attend_expanded(q_nope, q_rope, latents, rope_keys, mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+    def _attend_expanded(self, q_nope, q_rope, latents, rope_keys, mask):
+        """Prefill: every cached latent expanded into per-head keys and values, then attention."""
+        B, H, _, _ = q_nope.shape
+        T = latents.shape[2]
+        kv = self.kv_b_proj(latents).reshape(B, T, H, self.nope + self.v_dims).transpose(0, 2, 1, 3)
+        k_nope, v = mx.split(kv, [self.nope], axis=-1)
+        k = mx.concatenate([k_nope, mx.broadcast_to(rope_keys, (B, H, T, self.rope_dims))], axis=-1)
+        q = mx.concatenate([q_nope, q_rope], axis=-1)
+        if cpu_math.enabled(q):
+            return cpu_math.attention(q, k, v, self.scale, mask)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+
+    def _attend_absorbed(self, q_nope, q_rope, latents, rope_keys):
+        """Decode (one query, every cached position visible): attention in the latent space."""
+        w = self._expansion().astype(q_nope.dtype)  # [H, nope + v, kv_lora_rank]
+        w_k, w_v = w[:, : self.nope], w[:, self.nope :]
+        q_latent = q_nope @ w_k  # [B, H, 1, kv_lora_rank]
+        scores = q_latent @ latents.swapaxes(-1, -2) + q_rope @ rope_keys.swapaxes(-1, -2)
+        weights = mx.softmax((scores * self.scale).astype(mx.float32), axis=-1).astype(q_nope.dtype)
+        return (weights @ latents) @ w_v.swapaxes(-1, -2)  # [B, H, 1, v_head_dim]
+
+    def _expansion(self) -> mx.array:
+        """kv_b_proj's weight as [heads, nope + v, kv_lora_rank], dequantized when stored quantized."""
+        layer = self.kv_b_proj
+        w = layer["weight"]
+        if "scales" in layer:
+            w = mx.dequantize(w, layer["scales"], layer.get("biases"), layer.group_size, layer.bits, layer.mode)
+        return w.reshape(self.num_heads, self.nope + self.v_dims, self.kv_lora_rank)
