@@ -246,6 +246,28 @@ def cache_nbytes(cache: list) -> int:
     return sum(layer.nbytes for layer in cache)
 
 
+def cache_footprint(cache: list) -> dict:
+    """What a model's cache holds for the tokens seen so far, in bytes: `attention` (keys and values,
+    or MLA latents: grows with the context; counted for the positions held, not the room allocated
+    ahead) and `state` (conv windows and recurrent states: a fixed size however long the context)."""
+    footprint = {"attention": 0, "state": 0}
+
+    def add(layer) -> None:
+        if isinstance(layer, AttentionSSMCache):
+            add(layer.attention)
+            add(layer.ssm)
+        elif isinstance(layer, (KVCache, RotatingKVCache, LatentKVCache)):
+            held = getattr(layer, "count", layer.offset)
+            for array in layer.state:  # buffers [B, H, capacity, D]
+                footprint["attention"] += array.nbytes * min(held, array.shape[2]) // max(array.shape[2], 1)
+        else:
+            footprint["state"] += layer.nbytes
+
+    for layer in cache:
+        add(layer)
+    return footprint
+
+
 class SSMCache:
     """Recurrent state of one state-space (Mamba) layer: the conv window and the SSM state.
 

@@ -93,3 +93,19 @@ def test_copy_is_independent_snapshot():
     out = run_cached(snapshot, q, k, v, [6], start=6)
     expected = reference_attention(q, k, v, 4)[:, :, 6:]
     np.testing.assert_allclose(np.array(out), np.array(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_cache_footprint_counts_held_positions_and_fixed_state():
+    """Attention caches count the positions they hold (not the room allocated ahead), recurrent
+    states their whole size, composite layers both parts; bench and docs report these numbers."""
+    from mlxmodels.cache import AttentionSSMCache, LatentKVCache, SSMCache, StatelessCache, cache_footprint
+
+    kv, latent, ssm, both = KVCache(), LatentKVCache(), SSMCache(), AttentionSSMCache()
+    kv.update_and_fetch(mx.zeros((1, 2, 300, 8)), mx.zeros((1, 2, 300, 8)))  # 512 positions allocated
+    latent.update_and_fetch(mx.zeros((1, 1, 300, 16)), mx.zeros((1, 1, 300, 4)))
+    ssm.update(mx.zeros((1, 3, 10)), mx.zeros((1, 4, 5, 6)), 300)
+    both.attention.update_and_fetch(mx.zeros((1, 1, 7, 8)), mx.zeros((1, 1, 7, 8)))
+    both.ssm.update(mx.zeros((1, 3, 2)), mx.zeros((1, 2, 2, 2)), 7)
+    footprint = cache_footprint([kv, latent, ssm, both, StatelessCache()])
+    assert footprint["attention"] == 4 * (2 * 300 * 2 * 8 + 300 * (16 + 4) + 2 * 7 * 8)
+    assert footprint["state"] == 4 * (3 * 10 + 4 * 5 * 6 + 3 * 2 + 8)

@@ -169,7 +169,7 @@ class OrchardEngine:
             token = following
 
     def run(self, test: Test, prompt: list[int], context: list[int]) -> dict:
-        from mlxmodels.cache import trim_cache
+        from mlxmodels.cache import cache_footprint, trim_cache
         from mlxmodels.generate import generate_tokens
 
         if self.batch > 1:
@@ -185,6 +185,7 @@ class OrchardEngine:
             ttft, decode_s = _time_loop(tokens, test.n_gen, kv.start)
             tokens.close()
             kv = kv.end()
+            footprint = cache_footprint(cache)
             cached = None
             if test.n_prompt:
                 # The chat case: everything but the prompt's last token is already in the cache.
@@ -195,7 +196,8 @@ class OrchardEngine:
                     again = generate_tokens(self.model, mx.array(ids[-1:], dtype=mx.uint32), cache, _argmax, [])
                     cached, _ = _time_loop(again, 0)
                     again.close()
-        return _sample(test, len(ids), ttft, decode_s, cached, rss.peak, mx.get_peak_memory() / 1e9, kv)
+        return {**_sample(test, len(ids), ttft, decode_s, cached, rss.peak, mx.get_peak_memory() / 1e9, kv),
+                "cache_bytes": footprint}
 
 
     def _run_batched(self, test: Test, prompt: list[int], context: list[int]) -> dict:

@@ -32,6 +32,13 @@ def _roof(row: dict) -> str:
     return f"{r['achieved_gbps']:.1f}" + (f" ({pct:.0f}%)" if pct is not None else "")
 
 
+def _cache(row: dict) -> str:
+    footprint = row.get("cache_bytes")
+    if not footprint:
+        return ""
+    return f"{footprint['attention'] / 1e6:.1f} + {footprint['state'] / 1e6:.1f}"
+
+
 def describe_model(model: dict) -> str:
     q = model.get("quantization")
     quant = f"{q['bits']}-bit g{q['group_size']}, {q['bits_per_weight']:.2f} bpw" if q else "unquantized"
@@ -69,7 +76,8 @@ def markdown(doc: dict) -> str:
     for b in others:
         lines.append(f"**baseline** {b['engine']['label']} · runs interleaved with Orchard's")
     lines.append("")
-    header = ["test", "engine", *FIGURE_LABELS.values(), "peak MLX GB", "peak RSS GB", "decode GB/s (% of bw)"]
+    header = ["test", "engine", *FIGURE_LABELS.values(), "peak MLX GB", "peak RSS GB", "decode GB/s (% of bw)",
+              "cache MB (attention + state)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     digits = {"ttft_ms": 1, "ttft_cached_ms": 1, "prefill_tps": 1, "decode_tps": 1}
@@ -77,12 +85,12 @@ def markdown(doc: dict) -> str:
         engines = [("orchard", row)] + [(b["engine"]["name"], b["results"][i]) for b in others]
         for name, r in engines:
             cells = [r["test"], name, *(fmt_stat(r[f], digits[f]) for f in FIGURES),
-                     _fmt(r["peak_memory_gb"]), _fmt(r["peak_rss_gb"]), _roof(r)]
+                     _fmt(r["peak_memory_gb"]), _fmt(r["peak_rss_gb"]), _roof(r), _cache(r)]
             lines.append("| " + " | ".join(cells) + " |")
         for b in others:
             name = b["engine"]["name"]
             ratio = ratios(row, name)
-            cells = [row["test"], f"**orchard / {name}**", *(_fmt(ratio[f], 2, "x") for f in FIGURES), "", "", ""]
+            cells = [row["test"], f"**orchard / {name}**", *(_fmt(ratio[f], 2, "x") for f in FIGURES), "", "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
     if others:
         lines.append("")

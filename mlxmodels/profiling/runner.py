@@ -48,6 +48,8 @@ def _aggregate(test: Test, samples: list[dict], weight_bytes: int, bandwidth: fl
     peaks = [s["peak_memory_gb"] for s in samples if s["peak_memory_gb"] is not None]
     row["peak_memory_gb"] = max(peaks) if peaks else None
     row["peak_rss_gb"] = max(s["peak_rss_gb"] for s in samples)
+    # The context cache at the end of the test (the same every repetition); Orchard's engine only.
+    row["cache_bytes"] = samples[-1].get("cache_bytes")
     if row["decode_tps"] is not None:
         kv = sum(s["kv_read_bytes"] for s in samples) / len(samples)
         # One decode step reads the weights once for the whole batch, plus every row's KV cache.
