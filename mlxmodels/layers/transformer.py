@@ -2,8 +2,8 @@
 
 Parameter names follow Hugging Face's (`model.layers.N.self_attn.q_proj`, ...), so checkpoints load
 without renaming. A family supplies the attention and MLP of each layer and picks the norm layout:
-"pre" (Llama: norm before attention and before the MLP) or "sandwich" (Gemma 2/3: a norm before and
-after each of them).
+"pre" (Llama: norm before attention and before the MLP), "sandwich" (Gemma 2/3: a norm before and
+after each of them) or "post" (OLMo 2/3: a norm after each of them only, inside the residual branch).
 """
 
 from __future__ import annotations
@@ -19,14 +19,20 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = attention
         self.mlp = mlp
-        self.input_layernorm = norm(hidden_size, eps)
+        self.post = layout == "post"
+        if not self.post:
+            self.input_layernorm = norm(hidden_size, eps)
         self.post_attention_layernorm = norm(hidden_size, eps)
         self.sandwich = layout == "sandwich"
         if self.sandwich:
             self.pre_feedforward_layernorm = norm(hidden_size, eps)
+        if self.sandwich or self.post:
             self.post_feedforward_layernorm = norm(hidden_size, eps)
 
     def __call__(self, x: mx.array, cache=None) -> mx.array:
+        if self.post:
+            h = x + self.post_attention_layernorm(self.self_attn(x, cache))
+            return h + self.post_feedforward_layernorm(self.mlp(h))
         if self.sandwich:
             h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cache))
             return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))

@@ -18,6 +18,10 @@ FAMILIES = {
     "qwen2_moe": "qwen2_moe",
     "qwen3_moe": "qwen3_moe",
     "olmoe": "olmoe",
+    "gpt_oss": "gpt_oss",
+    "smollm3": "smollm3",  # NoPE layers
+    "olmo2": "olmo2",  # post-norm, full-width QK-norm
+    "olmo3": "olmo3",  # OLMo 2 with sliding-window layers
     "mamba": "mamba",
     "mamba2": "mamba2",
     # Hybrid and linear-attention families: a layer pattern mixes full attention with linear-time
@@ -33,6 +37,8 @@ FAMILIES = {
     "granitemoehybrid": "granitemoehybrid",
     "nemotron_h": "nemotron_h",
     "lfm2": "lfm2",
+    "phi3": "phi3",  # Phi-3, Phi-3.5-mini, Phi-4-mini
+    "gemma2": "gemma2",
 }
 
 

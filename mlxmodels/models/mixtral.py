@@ -11,14 +11,13 @@ Checkpoints keep one tensor per expert (`...experts.7.w1.weight`); `sanitize` st
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-import mlx.core as mx
 import mlx.nn as nn
 
 from mlxmodels.config import ConfigReader
 from mlxmodels.errors import ConfigError
-from mlxmodels.layers.attention import Attention, AttentionSpec
+from mlxmodels.layers.attention import Attention
 from mlxmodels.layers.mlp import GatedMLP
 from mlxmodels.layers.moe import SparseMoE, dequantize_router, split_fused_experts, stack_experts
 from mlxmodels.layers.norms import RMSNorm
@@ -81,35 +80,6 @@ def moe_fields(config: dict, base: llama.ModelArgs, norm_topk_default: bool) -> 
     )
 
 
-class FullWidthNormAttention(Attention):
-    """OLMoE's attention: q and k are RMS-normalised across all heads before being split into
-    heads, and q, k, v may be clipped to ±clip_qkv."""
-
-    def __init__(self, spec: AttentionSpec, clip_qkv: float | None):
-        super().__init__(spec)
-        self.q_norm = RMSNorm(spec.num_heads * spec.head_dim, spec.norm_eps)
-        self.k_norm = RMSNorm(spec.num_kv_heads * spec.head_dim, spec.norm_eps)
-        self.clip_qkv = clip_qkv
-
-    def __call__(self, x, cache=None):
-        B, L, _ = x.shape
-        q, k, v = self.q_norm(self.q_proj(x)), self.k_norm(self.k_proj(x)), self.v_proj(x)
-        if self.clip_qkv is not None:
-            q, k, v = (mx.clip(t, -self.clip_qkv, self.clip_qkv) for t in (q, k, v))
-        q = q.reshape(B, L, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = k.reshape(B, L, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = v.reshape(B, L, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        offset = cache.offset if cache is not None else 0
-        q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
-        if cache is not None:
-            k, v = cache.update_and_fetch(k, v)
-            mask = cache.mask(L)
-        else:
-            mask = "causal" if L > 1 else None
-        out = self._attend(q, k, v, mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
-
-
 def mlx_lm_renames(model_type: str) -> tuple:
     """(ours, theirs) name fragments for checkpoints mlx-lm must read: it stacks experts under
     `switch_mlp`, and Mixtral keeps its `block_sparse_moe` prefix. `sanitize` maps them back."""
@@ -129,9 +99,7 @@ class Model(CausalLM):
         for window, sparse in zip(args.layer_windows, args.sparse_layers):
             spec = llama.attention_spec(args, rope, window)
             if args.qk_norm_full_width:
-                attention = FullWidthNormAttention(spec, args.clip_qkv)
-            else:
-                attention = Attention(spec)
+                spec = replace(spec, qk_norm="full_width", clip_qkv=args.clip_qkv)
             if sparse:
                 mlp = SparseMoE(
                     args.hidden_size, args.moe_intermediate_size, args.num_experts, args.num_experts_per_tok,
@@ -140,7 +108,7 @@ class Model(CausalLM):
                 )
             else:
                 mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.hidden_act, args.mlp_bias)
-            layers.append(DecoderLayer(attention, mlp, RMSNorm, args.hidden_size, args.rms_norm_eps, "pre"))
+            layers.append(DecoderLayer(Attention(spec), mlp, RMSNorm, args.hidden_size, args.rms_norm_eps, "pre"))
         self.model = DecoderStack(
             args.vocab_size, args.hidden_size, layers, RMSNorm(args.hidden_size, args.rms_norm_eps)
         )

@@ -36,7 +36,7 @@ def _cache(row: dict) -> str:
     footprint = row.get("cache_bytes")
     if not footprint:
         return ""
-    return f"{footprint['attention'] / 1e6:.1f} + {footprint['state'] / 1e6:.1f}"
+    return f"{footprint['attention'] / 1e6:.1f} + {footprint['state'] / 1e6:.2f}"
 
 
 def describe_model(model: dict) -> str:
