@@ -108,8 +108,9 @@ class Source(Protocol):
     def nbytes(self, name: str) -> int:
         ...
 
-    def quant_layout(self, module: str, arrays: dict) -> tuple[int, int]:
-        """(bits, group_size) of a quantized module of the source."""
+    def quant_layout(self, module: str, arrays: dict) -> tuple[int, int, str]:
+        """(bits, group_size, mode) of a quantized module of the source (mode: MLX's "affine",
+        "mxfp4", ...)."""
         ...
 
     def float_dtype(self) -> mx.Dtype:
@@ -155,10 +156,11 @@ class DirectorySource(Source):
         return sum(v.nbytes for v in self.load(name).values())
 
     def float_dtype(self) -> mx.Dtype:
-        floats = [v.dtype for v in self.weights.values() if mx.issubdtype(v.dtype, mx.floating)]
-        return floats[0] if floats else mx.float32
+        from mlxmodels.loading import checkpoint_dtype
 
-    def quant_layout(self, module: str, arrays: dict) -> tuple[int, int]:
+        return checkpoint_dtype(self.config, self.weights)
+
+    def quant_layout(self, module: str, arrays: dict) -> tuple[int, int, str]:
         # The shapes alone are ambiguous (4 bits / group 64 packs like 8 bits / group 32): the
         # config's `quantization` block (with per-module entries) says which.
         from mlxmodels.loading import quantization_settings
@@ -168,7 +170,8 @@ class DirectorySource(Source):
         entry = entry if isinstance(entry, dict) else q
         if "bits" not in entry:
             raise WeightsError(f"{self.path}: '{module}' is quantized but config.json has no 'quantization' for it")
-        return int(entry["bits"]), int(entry["group_size"])
+        # A per-module entry without a mode is affine (as nn.quantize reads it), whatever the default.
+        return int(entry["bits"]), int(entry["group_size"]), entry.get("mode", "affine")
 
     def base_bits(self) -> int | None:
         from mlxmodels.loading import quantization_settings
@@ -215,10 +218,10 @@ class GGUFFileSource(Source):
         counts = {k: n for k, n in self.gguf.tensor_types().items() if k in bits}
         return bits[max(counts, key=counts.get)] if counts else None
 
-    def quant_layout(self, module: str, arrays: dict) -> tuple[int, int]:
+    def quant_layout(self, module: str, arrays: dict) -> tuple[int, int, str]:
         # Q4_0 / Q4_1 / Q8_0: blocks of 32, 4 or 8 bits.
         w, s = arrays[f"{module}.weight"], arrays[f"{module}.scales"]
-        return w.shape[-1] * 32 // (s.shape[-1] * 32), 32
+        return w.shape[-1] * 32 // (s.shape[-1] * 32), 32, "affine"
 
     def save_tokenizer(self, directory: Path) -> bool:
         from mlxmodels.tokenizer import gguf_hf_tokenizer
@@ -366,7 +369,7 @@ def convert(src, out, options: ConvertOptions | None = None, progress: Progress 
     modules = {} if options.dequantize else quantizable_modules(config, options.group_size)
     num_layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 1)
     total = sum(source.nbytes(n) for n in source.names)
-    layouts: dict[str, tuple[int, int]] = {}
+    layouts: dict[str, tuple[int, int, str]] = {}  # module -> (bits, group_size, mode)
     weight_bits = 0
     done = 0
 
@@ -428,28 +431,29 @@ def _convert_unit(source, name, module, arrays, modules, options, out_dtype, num
     `keeps_mix`: the source is already quantized at or below the asked bits, so its quantized
     tensors are carried over as they are (its own mix of precisions included)."""
     if f"{module}.scales" in arrays:
-        src_bits, src_group = source.quant_layout(module, arrays)
+        src_bits, src_group, src_mode = source.quant_layout(module, arrays)
         target = None if options.dequantize else _target_bits(module, options, num_layers)
         if target is not None and (src_bits <= target or keeps_mix):
             # Already at or below the bits asked for, or part of a source already quantized that
             # far (e.g. a Q4 GGUF's 8-bit embedding): requantizing could only add error. Kept as is.
-            layouts[module] = (src_bits, src_group)
-            return {k: (v if k.endswith(".weight") else v.astype(out_dtype)) for k, v in arrays.items()}
+            layouts[module] = (src_bits, src_group, src_mode)
+            # Float scales and biases take the output dtype; MXFP4's uint8 exponents stay as they are.
+            return {k: (v.astype(out_dtype) if mx.issubdtype(v.dtype, mx.floating) else v) for k, v in arrays.items()}
         parts = [arrays[f"{module}.{p}"] for p in ("weight", "scales", "biases") if f"{module}.{p}" in arrays]
 
         def dequantize(w, scales, biases=None):
-            return mx.dequantize(w, scales, biases, group_size=src_group, bits=src_bits)
+            return mx.dequantize(w, scales, biases, group_size=src_group, bits=src_bits, mode=src_mode)
 
         if target is None or module not in modules:
             return {f"{module}.weight": _by_rows(lambda *a: (dequantize(*a).astype(out_dtype),), parts)[0]}
-        layouts[module] = (target, options.group_size)
+        layouts[module] = (target, options.group_size, "affine")
         return _quantized(module, _by_rows(
             lambda *a: mx.quantize(dequantize(*a).astype(out_dtype), group_size=options.group_size, bits=target),
             parts))
     value = arrays[name]
     if name.endswith(".weight") and module in modules and mx.issubdtype(value.dtype, mx.floating):
         bits = _target_bits(module, options, num_layers)
-        layouts[module] = (bits, options.group_size)
+        layouts[module] = (bits, options.group_size, "affine")
         return _quantized(module, _by_rows(
             lambda w: mx.quantize(w.astype(out_dtype), group_size=options.group_size, bits=bits), [value]))
     if mx.issubdtype(value.dtype, mx.floating):
@@ -491,9 +495,11 @@ def _output_config(config: dict, layouts: dict, options: ConvertOptions) -> dict
     if not layouts:
         return config
     q = {"group_size": options.group_size, "bits": options.bits, "mode": "affine"}
-    for module, (bits, group_size) in sorted(layouts.items()):
-        if (bits, group_size) != (options.bits, options.group_size):
+    for module, (bits, group_size, mode) in sorted(layouts.items()):
+        if (bits, group_size, mode) != (options.bits, options.group_size, "affine"):
             q[module] = {"group_size": group_size, "bits": bits}
+            if mode != "affine":  # e.g. gpt-oss's MXFP4 experts, kept as they are
+                q[module]["mode"] = mode
     config["quantization"] = q
     config["quantization_config"] = q  # mlx-lm writes both; older readers look for the second
     return config

@@ -103,9 +103,15 @@ def mlx_lm_weight_names(config: dict):
     (their `sanitize` reads both, so Orchard loads either)."""
     from mlxmodels.models import family_module
 
-    renames = getattr(family_module(config), "mlx_lm_renames", lambda _: ())(config["model_type"])
+    family = family_module(config)
+    renames = getattr(family, "mlx_lm_renames", lambda _: ())(config["model_type"])
+    # (ours, theirs) name starts, e.g. multi-token-prediction blocks stored after the decoder layers.
+    prefixes = getattr(family, "mlx_lm_prefixes", lambda _: ())(config)
 
     def rename(name: str) -> str:
+        for ours, theirs in prefixes:
+            if name.startswith(ours):
+                name = theirs + name[len(ours):]
         for ours, theirs in renames:
             name = name.replace(ours, theirs)
         return name
@@ -142,6 +148,22 @@ def mlx_lm_config(config: dict) -> dict:
         from mlxmodels.models import qwen3_next
 
         config = qwen3_next.mlx_lm_config(config)  # layer pattern, partial rotary, Qwen3.5's text_config
+    if config.get("model_type") == "phi3":
+        from mlxmodels.models import phi3
+
+        config = phi3.mlx_lm_config(config)  # partial rotary at the top level, LongRoPE's "type"
+    if config.get("model_type") == "deepseek_v2":
+        from mlxmodels.models import deepseek_v2
+
+        config = deepseek_v2.mlx_lm_config(config)  # plain RoPE as YaRN by a factor of 1
+    if config.get("model_type") == "glm4_moe":
+        from mlxmodels.models import glm4_moe
+
+        config = glm4_moe.mlx_lm_config(config)  # head_dim, partial rotary and MoE fields at the top level
+    if config.get("model_type") in ("llama4_text", "llama4"):
+        from mlxmodels.models import llama4_text
+
+        config = llama4_text.mlx_lm_config(config)  # the multimodal "llama4" layout mlx-lm reads
     params = config.pop("rope_parameters", None)
     if not isinstance(params, dict):
         return config

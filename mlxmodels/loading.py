@@ -87,11 +87,29 @@ def apply_quantization(model: nn.Module, q: dict, weights: dict, checkpoint_name
     )
 
 
-def _floating_dtype(weights: dict) -> mx.Dtype:
+_CONFIG_DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+
+
+def checkpoint_dtype(config: dict, weights: dict) -> mx.Dtype:
+    """The float dtype a checkpoint is stored in, decided the same way whatever the tensors' order.
+
+    A checkpoint may keep a minority of tensors in another dtype (GGUF files store norms in float32
+    beside float16 scales), and a weight dict's order is the file's, or a hash order for GGUF. So:
+    the dtype the config declares (`torch_dtype`, transformers 5's `dtype`) when the weights hold it,
+    else the dtype holding the most parameters (a tie goes to the narrower). A declared dtype the
+    weights lack is a stale config (e.g. a float32 model converted to 4 bits with float16 scales).
+    """
+    counts: dict = {}
     for value in weights.values():
         if mx.issubdtype(value.dtype, mx.floating):
-            return value.dtype
-    return mx.float32
+            counts[value.dtype] = counts.get(value.dtype, 0) + value.size
+    declared = config.get("torch_dtype") or config.get("dtype")
+    declared = _CONFIG_DTYPES.get(declared.removeprefix("torch.")) if isinstance(declared, str) else None
+    if declared in counts or (declared is not None and not counts):
+        return declared
+    if not counts:
+        return mx.float32
+    return max(counts, key=lambda dtype: (counts[dtype], -dtype.size))
 
 
 def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.Dtype | None = None,
@@ -107,8 +125,8 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
         apply_quantization(model, quantization, weights, mlx_lm_weight_names(config))
     check_against_model(model, weights, origin, where)
     model.load_weights(list(weights.items()), strict=True)
-    checkpoint_dtype = _floating_dtype(weights)
-    compute_dtype = dtype or compute_dtype_for(checkpoint_dtype)
+    stored_dtype = checkpoint_dtype(config, weights)
+    compute_dtype = dtype or compute_dtype_for(stored_dtype)
     model.set_dtype(compute_dtype)
     model.eval()
     fp32_needed = fp32_bytes(model)
@@ -118,7 +136,7 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
         config=config,
         model_type=config["model_type"],
         quantization=quantization,
-        checkpoint_dtype=str(checkpoint_dtype).removeprefix("mlx.core."),
+        checkpoint_dtype=str(stored_dtype).removeprefix("mlx.core."),
         compute_dtype=str(compute_dtype).removeprefix("mlx.core."),
         backend=backend_name(),
         # Kimi Linear's config names its context `model_max_length`.

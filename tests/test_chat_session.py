@@ -293,7 +293,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "models"
 
 
 @pytest.mark.parametrize("name", ["llama3-v5", "mistral-swa", "gemma3-v5", "mamba", "mamba2", *hybrid_fixtures(),
-                                  "smollm3", "olmo2", "olmo3", "gpt_oss", "phi3", "gemma2"])
+                                  "smollm3", "olmo2", "olmo3", "gpt_oss", "phi3", "gemma2", "llama4_text"])
 def test_reuse_matches_fresh_prefill_on_every_cache_kind(name):
     """Tiny random-weight models of each cache kind (growing KV, sliding window, mixed, SSM state):
     every turn answered on the reused / trimmed / restored cache produces exactly the tokens a fresh
@@ -360,3 +360,45 @@ def test_hybrid_chat_reads_only_each_turns_new_tokens(name):
         # New: the end-of-turn mark after an answer cut by max_tokens, the user turn, the reply header.
         closing = "" if held[-1] == EOS else "\x03"
         assert turn.new_tokens == len(f"{closing}\x01{text}\x03\x02"), text
+
+
+class _SeveralEOS(FakeTokenizer):
+    """The end-of-turn mark is the second of two EOS ids (as Llama 3 lists <|eot_id|> after <|end_of_text|>)."""
+
+    eos_token_ids = [127, EOS]
+
+
+class _EndsTurnAfter:
+    """A fixture model whose answers end with EOS after `n` tokens of its own (the other EOS id never wins)."""
+
+    def __init__(self, model, n: int):
+        self.model, self.n, self.steps = model, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, tokens, cache=None):
+        logits = self.model(tokens, cache=cache)
+        # Each one-token call past the prompt's chunks produces the next answer token.
+        self.steps = self.steps + 1 if tokens.shape[1] == 1 else 0
+        logits[:, -1, 127] = -1e9
+        if self.steps > self.n:
+            logits[:, -1, EOS] = 1e9
+        return logits
+
+
+def test_follow_up_reuses_the_whole_cache_when_the_answer_ended_with_the_second_eos_id():
+    """With several EOS ids, the one generated (fed to the cache by the pipelined decoder) is recorded,
+    so on a recurrent model, which cannot rewind, the next turn reads only its own tokens."""
+    import mlxmodels
+
+    model = _EndsTurnAfter(mlxmodels.load_model(FIXTURES / "mamba"), n=2)
+    session = ChatSession(model, _SeveralEOS(), params=ChatParams(temperature=0.0, max_tokens=8), answer_reserve=8)
+    answer(session.send("first"))
+    assert session.last_turn.stats.finish_reason == "stop" and session.last_turn.stats.stop_token == EOS
+    held = list(session.cache_tokens)
+    assert held[-1] == EOS
+    answer(session.send("second"))
+    turn = session.last_turn
+    assert turn.reused_tokens == len(held) and not turn.restored_snapshot
+    assert turn.new_tokens == len("\x01second\x03\x02")

@@ -2,8 +2,9 @@
 
 Switches cover the dense families: projection biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3)
 or one q/k RMSNorm across all heads with optional q/k/v clipping (OLMoE, OLMo 2/3),
-a sliding window (Mistral, Gemma 3's local layers), attention-logit soft-capping (Gemma 2 style) and
-a sigmoid output gate per head (Qwen3-Next, Qwen3.5).
+a sliding window (Mistral, Gemma 3's local layers), attention-logit soft-capping (Gemma 2 style),
+a sigmoid output gate per head (Qwen3-Next, Qwen3.5), and Llama 4's chunked attention, weightless q/k
+norms and position-dependent query temperature.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import mlx.nn as nn
 from metal_kernels import quantized_decode_attention
 from mlxmodels.cache import window_mask
 from mlxmodels.layers import cpu_math
-from mlxmodels.layers.norms import OffsetRMSNorm, RMSNorm
+from mlxmodels.layers.norms import OffsetRMSNorm, RMSNorm, UnitRMSNorm
 from mlxmodels.layers.rope import RoPE
 
 
@@ -30,8 +31,9 @@ class AttentionSpec:
     scale: float
     qkv_bias: bool = False
     out_bias: bool = False
-    # None; per head: "rms" or "offset_rms" (Gemma's 1 + w); "full_width": one RMSNorm over all heads'
-    # q (and one over all k) before the split into heads (OLMoE, OLMo 2/3).
+    # None; per head: "rms", "offset_rms" (Gemma's 1 + w) or "unit_rms" (no weight: Llama 4);
+    # "full_width": one RMSNorm over all heads' q (and one over all k) before the split into heads
+    # (OLMoE, OLMo 2/3).
     qk_norm: str | None = None
     clip_qkv: float | None = None  # OLMoE: q, k, v clipped to ±clip_qkv (after the q/k norms)
     norm_eps: float = 1e-6
@@ -45,6 +47,12 @@ class AttentionSpec:
     sinks: bool = False
     # Phi-3: one `qkv_proj` whose output is [q | k | v] (one matmul instead of three).
     fused_qkv: bool = False
+    # Llama 4: positions fall into chunks of this many tokens and a token attends only within its own
+    # chunk (a window that restarts at each chunk boundary; cached by `ChunkedKVCache`).
+    attention_chunk: int | None = None
+    # Llama 4's NoPE layers: (floor_scale, attn_scale). The query at position p is multiplied by
+    # 1 + attn_scale * log(1 + floor((p + 1) / floor_scale)): sharper attention far into long contexts.
+    query_temperature: tuple[float, float] | None = None
 
 
 class Attention(nn.Module):
@@ -54,6 +62,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = s.num_heads, s.num_kv_heads, s.head_dim
         self.scale = s.scale
         self.sliding_window = s.sliding_window
+        self.attention_chunk = s.attention_chunk
+        self.query_temperature = s.query_temperature
         self.logit_softcap = s.logit_softcap
         self.output_gate = s.output_gate
         self.qk_norm = s.qk_norm
@@ -71,7 +81,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(s.num_heads * s.head_dim, s.norm_eps)
             self.k_norm = RMSNorm(s.num_kv_heads * s.head_dim, s.norm_eps)
         elif s.qk_norm:
-            norm = OffsetRMSNorm if s.qk_norm == "offset_rms" else RMSNorm
+            norm = {"offset_rms": OffsetRMSNorm, "unit_rms": UnitRMSNorm}.get(s.qk_norm, RMSNorm)
             self.q_norm = norm(s.head_dim, s.norm_eps)
             self.k_norm = norm(s.head_dim, s.norm_eps)
         self.rope = s.rope
@@ -94,7 +104,8 @@ class Attention(nn.Module):
         q = q.reshape(B, L, self.num_heads, self.head_dim)
         k = k.reshape(B, L, self.num_kv_heads, self.head_dim)
         v = v.reshape(B, L, self.num_kv_heads, self.head_dim)
-        if self.qk_norm in ("rms", "offset_rms"):
+        if self.qk_norm in ("rms", "offset_rms", "unit_rms"):
+            # Llama 4 normalises after RoPE; a rotation keeps each head's norm, so before is the same.
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
 
@@ -102,11 +113,15 @@ class Attention(nn.Module):
         if self.rope is not None:
             q = self.rope(q, offset=offset)
             k = self.rope(k, offset=offset)
+        if self.query_temperature is not None:
+            q = self._temper(q, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
             mask = cache.mask(L)
         elif self.sliding_window is not None and L > self.sliding_window:
             mask = window_mask(L, L, L, self.sliding_window)
+        elif self.attention_chunk is not None and L > self.attention_chunk:
+            mask = window_mask(L, L, L, None, chunk=self.attention_chunk)
         else:
             mask = "causal" if L > 1 else None
 
@@ -119,10 +134,18 @@ class Attention(nn.Module):
             out = out * mx.sigmoid(gate.reshape(B, L, -1))
         return self.o_proj(out)
 
+    def _temper(self, q: mx.array, offset: int) -> mx.array:
+        """Queries [B, H, L, D] at positions offset.. scaled by Llama 4's attention temperature (in
+        float32, as the reference computes the factors)."""
+        floor_scale, attn_scale = self.query_temperature
+        positions = mx.arange(offset, offset + q.shape[2], dtype=mx.float32)
+        scales = mx.log1p(mx.floor((positions + 1.0) / floor_scale)) * attn_scale + 1.0
+        return (q * scales[:, None]).astype(q.dtype)
+
     def _attend_quantized(self, q, k, v, mask, cache):
         """Attention over a quantized KV cache: the kernel reads the packed keys and values directly.
-        Full-attention layers only (make_cache keeps sliding-window layers in float), so the mask is
-        plain causal, which is what the kernel applies."""
+        Full-attention layers only (make_cache keeps sliding-window and chunked layers in float), so
+        the mask is plain causal, which is what the kernel applies."""
         if self.logit_softcap is not None or "sinks" in self:  # not in the kernel: dequantize for _attend
             k, v = (mx.dequantize(*t, group_size=cache.group_size, bits=cache.bits).astype(q.dtype) for t in (k, v))
             return self._attend(q, k, v, mask)

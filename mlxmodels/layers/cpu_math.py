@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 
 import mlx.core as mx
 
@@ -57,7 +58,8 @@ def enabled(x: mx.array | None = None) -> bool:
     return x is None or x.dtype == mx.float32
 
 
-def _exp(x: mx.array) -> mx.array:
+def _exp_parts(x: mx.array) -> tuple[mx.array, mx.array]:
+    """e**x as (p, the float32 bits of 2**n as int32): e**x = p * 2**n."""
     # Clamped so 2**n stays a normal float: below e**-87.3 the result is ~1e-38 instead of 0, above
     # e**87.3 it saturates at 2**126 (float32 overflows at e**88.7 anyway).
     x = mx.clip(x, -87.33, 87.33)
@@ -66,34 +68,39 @@ def _exp(x: mx.array) -> mx.array:
     p = r * _EXP_POLY[0] + _EXP_POLY[1]
     for c in _EXP_POLY[2:]:
         p = p * r + c
-    two_n = mx.view((n.astype(mx.int32) + 127) << 23, mx.float32)
-    return p * two_n
+    return p, (n.astype(mx.int32) + 127) << 23
 
 
-def _sigmoid(x: mx.array) -> mx.array:
-    return 1.0 / (1.0 + _exp(-x))
+# Compiled shapeless: one trace serves every input shape of a given rank, so a chat's new prefill
+# length each turn, and attention's growing key count, reuse it. (Traced per shape, MLX keeps one
+# trace per length and function for the life of the process.) MLX cannot trace `mx.view` shapeless,
+# so each function is two fused kernels with the view (free: no copy) between them.
+_shapeless = partial(mx.compile, shapeless=True)
 
 
-exp = mx.compile(_exp)
-sigmoid = mx.compile(_sigmoid)
+def _with_exp(argument, finish):
+    """The function `finish(*inputs, exp(argument(*inputs)))` of `inputs`, as two shapeless kernels."""
+    parts = _shapeless(lambda *inputs: _exp_parts(argument(*inputs)))
+    done = _shapeless(lambda *args: finish(*args[:-2], args[-2] * args[-1]))
+
+    def run(*inputs: mx.array) -> mx.array:
+        p, bits = parts(*inputs)
+        return done(*inputs, p, mx.view(bits, mx.float32))
+
+    return run
 
 
-@mx.compile
-def tanh(x: mx.array) -> mx.array:
-    return 2.0 * _sigmoid(2.0 * x) - 1.0
+def _gelu_z(gate: mx.array) -> mx.array:
+    return _SQRT_2_OVER_PI * (gate + 0.044715 * gate * gate * gate)
 
 
-@mx.compile
-def silu_mul(gate: mx.array, up: mx.array) -> mx.array:
-    """silu(gate) * up: SwiGLU's activation."""
-    return gate * _sigmoid(gate) * up
-
-
-@mx.compile
-def gelu_approx_mul(gate: mx.array, up: mx.array) -> mx.array:
-    """gelu_tanh(gate) * up: GeGLU's activation. 0.5 (1 + tanh(z)) is sigmoid(2 z)."""
-    z = _SQRT_2_OVER_PI * (gate + 0.044715 * gate * gate * gate)
-    return gate * _sigmoid(2.0 * z) * up
+exp = _with_exp(lambda x: x, lambda x, e: e)
+sigmoid = _with_exp(lambda x: -x, lambda x, e: 1.0 / (1.0 + e))
+tanh = _with_exp(lambda x: -(2.0 * x), lambda x, e: 2.0 * (1.0 / (1.0 + e)) - 1.0)  # 2 sigmoid(2x) - 1
+# silu(gate) * up: SwiGLU's activation, gate * sigmoid(gate) * up.
+silu_mul = _with_exp(lambda gate, up: -gate, lambda gate, up, e: gate * (1.0 / (1.0 + e)) * up)
+# gelu_tanh(gate) * up: GeGLU's activation; 0.5 (1 + tanh(z)) is sigmoid(2 z).
+gelu_approx_mul = _with_exp(lambda gate, up: -(2.0 * _gelu_z(gate)), lambda gate, up, e: gate * (1.0 / (1.0 + e)) * up)
 
 
 def causal_allowed(queries: int, keys: int) -> mx.array:
@@ -118,12 +125,9 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None,
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
     kv_heads, S = k.shape[1], k.shape[2]
     groups = H // kv_heads
-    # A compiled function is traced again for every new input shape and MLX keeps every trace:
-    # one-query calls (the key count grows each step) use MLX's own exp and tanh.
-    exp_, tanh_ = (exp, tanh) if L > 1 else (mx.exp, mx.tanh)
     scores = (q * scale).reshape(B, kv_heads, groups * L, D) @ k.swapaxes(-1, -2)
     if softcap is not None:
-        scores = tanh_(scores * (1.0 / softcap)) * softcap
+        scores = tanh(scores * (1.0 / softcap)) * softcap
     scores = scores.reshape(B, kv_heads, groups, L, S)
     if isinstance(mask, str):
         mask = causal_allowed(L, S) if L > 1 else None
@@ -137,10 +141,10 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None,
     if sinks is not None:  # the sink joins the row's maximum and its denominator, not the output
         sink = sinks.astype(scores.dtype).reshape(1, kv_heads, groups, 1, 1)
         top = mx.maximum(top, sink)
-    weights = exp_(scores - top)
+    weights = exp(scores - top)
     total = weights.sum(axis=-1, keepdims=True)
     if sinks is not None:
-        total = total + exp_(sink - top)
+        total = total + exp(sink - top)
     # Normalise the [.., L, D] output rather than the [.., L, S] weights: fewer divisions.
     out = (weights.reshape(B, kv_heads, groups * L, S) @ v) / total.reshape(B, kv_heads, groups * L, 1)
     return out.reshape(B, H, L, v.shape[-1])  # values may be narrower than keys (MLA)

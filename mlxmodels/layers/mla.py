@@ -10,6 +10,8 @@ The cache (`LatentKVCache`) keeps c and k_r per token, not the expanded keys and
 expands the latents through kv_b_proj and attends as usual. Decode absorbs the expansion instead:
 with kv_b_proj = [W_k; W_v] per head, q_nope . (W_k c) = (W_k^T q_nope) . c and the output is
 W_v (sum_t p_t c_t), so a step reads each cached latent once and never expands the context.
+Under `--kv-bits` the cache is a `QuantizedLatentKVCache` ([c | k_r] rows quantized), which decode
+reads packed through quantized matmuls.
 """
 
 from __future__ import annotations
@@ -74,13 +76,20 @@ class MultiHeadLatentAttention(nn.Module):
             offset = cache.offset if cache is not None else 0
             q_rope = self.rope(q_rope, offset=offset)
             rope_keys = self.rope(rope_keys, offset=offset)
+        quantized = getattr(cache, "quantized", False)  # a QuantizedLatentKVCache (--kv-bits)
         if cache is not None:
-            latents, rope_keys = cache.update_and_fetch(latents, rope_keys)
+            fetched = cache.update_and_fetch(latents, rope_keys)
             mask = cache.mask(L)
+            if not quantized:
+                latents, rope_keys = fetched
+            elif L > 1:  # a prefill expands the latents: the cached rows in float
+                latents, rope_keys = cache.dequantized(fetched, x.dtype, self.kv_lora_rank)
         else:
             mask = "causal" if L > 1 else None
 
-        if L == 1:
+        if L == 1 and quantized:
+            out = self._attend_absorbed_quantized(q_nope, q_rope, fetched, cache)
+        elif L == 1:
             out = self._attend_absorbed(q_nope, q_rope, latents, rope_keys)
         else:
             out = self._attend_expanded(q_nope, q_rope, latents, rope_keys, mask)
@@ -107,6 +116,20 @@ class MultiHeadLatentAttention(nn.Module):
         weights = mx.softmax((scores * self.scale).astype(mx.float32), axis=-1).astype(q_nope.dtype)
         return (weights @ latents) @ w_v.swapaxes(-1, -2)  # [B, H, 1, v_head_dim]
 
+    def _attend_absorbed_quantized(self, q_nope, q_rope, rows, cache):
+        """Decode over a `QuantizedLatentKVCache`: the same latent-space attention, with the cached
+        [latent | rope key] rows read packed by two quantized matmuls (scores against the rows, then
+        the weighted sum of the rows, whose rope-key columns are dropped): nothing is dequantized."""
+        w = self._expansion().astype(q_nope.dtype)
+        w_k, w_v = w[:, : self.nope], w[:, self.nope :]
+        q = mx.concatenate([q_nope @ w_k, q_rope], axis=-1)[:, :, 0]  # [B, H, kv_lora_rank + rope]
+        packed, scales, biases = (a[:, 0] for a in rows)  # [B, T, ...]: the one shared "head"
+        settings = dict(group_size=cache.group_size, bits=cache.bits)
+        scores = mx.quantized_matmul(q, packed, scales, biases, transpose=True, **settings)  # [B, H, T]
+        weights = mx.softmax((scores * self.scale).astype(mx.float32), axis=-1).astype(q_nope.dtype)
+        mixed = mx.quantized_matmul(weights, packed, scales, biases, transpose=False, **settings)
+        return mixed[:, :, None, : self.kv_lora_rank] @ w_v.swapaxes(-1, -2)  # [B, H, 1, v_head_dim]
+
     def _expansion(self) -> mx.array:
         """kv_b_proj's weight as [heads, nope + v, kv_lora_rank], dequantized when stored quantized."""
         layer = self.kv_b_proj
@@ -114,3 +137,19 @@ class MultiHeadLatentAttention(nn.Module):
         if "scales" in layer:
             w = mx.dequantize(w, layer["scales"], layer.get("biases"), layer.group_size, layer.bits, layer.mode)
         return w.reshape(self.num_heads, self.nope + self.v_dims, self.kv_lora_rank)
+
+
+def join_split_kv_b(weights: dict, prefix: str, quantization: dict | None) -> dict:
+    """mlx-lm's MLA layers (deepseek_v3, kimi_linear) split kv_b_proj into `embed_q`
+    [H, kv_lora_rank, nope] (transposed) and `unembed_out` [H, v, kv_lora_rank]: joined back into
+    `{prefix}.kv_b_proj.weight`, in float (re-quantizing would add error to what mlx-lm computes)."""
+    from mlxmodels.layers.moe import dequantize_router
+
+    if f"{prefix}.embed_q.weight" not in weights:
+        return weights
+    for part in ("embed_q", "unembed_out"):
+        weights = dequantize_router(weights, f"{prefix}.{part}", quantization)
+    w_k = weights.pop(f"{prefix}.embed_q.weight").swapaxes(-1, -2)
+    w_v = weights.pop(f"{prefix}.unembed_out.weight")
+    weights[f"{prefix}.kv_b_proj.weight"] = mx.concatenate([w_k, w_v], axis=1).reshape(-1, w_v.shape[-1])
+    return weights

@@ -5,6 +5,8 @@ The families differ only in switches, all of which live here:
   k weights to sum to one (Mixtral always, Qwen3-MoE / OLMoE when the config says so, Qwen2-MoE not);
 - or DeepSeek-V3's router (`scoring="sigmoid"`): a sigmoid score per expert, a load-balancing
   correction bias that only steers the choice, group-limited top-k, and a routed scaling factor;
+- DeepSeek-V2's "group_limited_greedy" is the softmax router with groups (`n_group`, `topk_group`):
+  only the experts of the `topk_group` groups holding the highest single probabilities are eligible;
 - an optional shared expert every token goes through, optionally scaled by its own sigmoid gate
   (Qwen2-MoE);
 - non-gated experts (`gated=False`: down(act(up(x))), Nemotron-H's relu^2), whose shared expert is
@@ -12,7 +14,9 @@ The families differ only in switches, all of which live here:
   (`latent_dims`: Nemotron-H's `moe_latent_size`);
 - gpt-oss: a router with a bias, whose softmax over the k largest logits is the softmax-then-top-k
   above renormalised (`norm_topk_prob`); experts with biases (`expert_bias`) and the clamped SwiGLU
-  (`swiglu_limit`, `swiglu_alpha`: see mlp.clamped_swiglu).
+  (`swiglu_limit`, `swiglu_alpha`: see mlp.clamped_swiglu);
+- Llama 4: the sigmoid router without correction, and the router weight scaling each chosen expert's
+  input rather than its output (`weight_inputs`: the experts are not linear, so the two differ).
 
 Experts run as gathered matmuls over stacked weights ([experts, out, in]), never as a Python loop
 over experts: `mx.gather_mm` (or `mx.gather_qmm` once quantized) multiplies each token by the
@@ -125,20 +129,22 @@ class QuantizedSwitchLinear(nn.Module):
 
 
 def _sort_by_expert(x: mx.array, indices: mx.array):
-    """Flatten (token, choice) pairs and order them by expert: x [N, 1, 1, D] -> [N*k, 1, D]."""
+    """Flatten (token, choice) pairs and order them by expert: x [N, 1, 1, D] (or [N, k, 1, D], a row
+    per choice) -> [N*k, 1, D]."""
     k = indices.shape[-1]
     flat = indices.flatten()
     order = mx.argsort(flat)
     inverse = mx.argsort(order)
-    x = x.reshape(-1, 1, x.shape[-1])[order // k]
+    x = x.reshape(-1, 1, x.shape[-1])[order if x.shape[1] == k else order // k]
     return x, flat[order], inverse
 
 
 def _run_experts(x: mx.array, indices: mx.array, expert) -> mx.array:
-    """x [N, D], indices [N, k] -> each chosen expert's output [N, k, D]; `expert(rows, idx, sorted)`
-    applies the stacked projections to the gathered rows."""
+    """x [N, D] (or [N, k, D]: an input per choice), indices [N, k] -> each chosen expert's output
+    [N, k, D]; `expert(rows, idx, sorted)` applies the stacked projections to the gathered rows."""
     N, k = indices.shape
-    x = x[:, None, None, :]  # [N, 1, 1, D]: one row per token, broadcast over its k choices
+    # [N, 1, 1, D]: one row per token, broadcast over its k choices; or [N, k, 1, D]: one per choice.
+    x = x[:, None, None, :] if x.ndim == 2 else x[:, :, None, :]
     sort = indices.size >= SORT_THRESHOLD
     if sort:
         x, idx, inverse = _sort_by_expert(x, indices)
@@ -166,7 +172,7 @@ class SwitchGLU(nn.Module):
             self.gated = clamped_swiglu(swiglu_limit, swiglu_alpha)
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
-        """x [N, D], indices [N, k] -> each chosen expert's output [N, k, D]."""
+        """x [N, D] (or [N, k, D]), indices [N, k] -> each chosen expert's output [N, k, D]."""
         return _run_experts(x, indices, lambda x, idx, sort: self.down_proj(
             self.gated(self.gate_proj(x, idx, sort), self.up_proj(x, idx, sort)), idx, sort))
 
@@ -197,7 +203,7 @@ class SparseMoE(nn.Module):
                  scoring: str = "softmax", correction_bias: bool = False, n_group: int = 1, topk_group: int = 1,
                  routed_scaling_factor: float = 1.0, gated: bool = True, latent_dims: int = 0,
                  mlp_bias: bool = False, router_bias: bool = False, expert_bias: bool = False,
-                 swiglu_limit: float | None = None, swiglu_alpha: float = 1.702):
+                 swiglu_limit: float | None = None, swiglu_alpha: float = 1.702, weight_inputs: bool = False):
         super().__init__()
         if scoring not in ("softmax", "sigmoid"):
             raise ValueError(f"unknown expert scoring '{scoring}'")
@@ -206,6 +212,7 @@ class SparseMoE(nn.Module):
         self.scoring = scoring
         self.n_group, self.topk_group = n_group, topk_group
         self.routed_scaling_factor = routed_scaling_factor
+        self.weight_inputs = weight_inputs
         self.gate = Router(dims, num_experts, correction_bias, router_bias)
         expert_dims = latent_dims or dims
         if latent_dims:
@@ -224,9 +231,11 @@ class SparseMoE(nn.Module):
     def route(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """(expert indices [N, k], their weights [N, k]) for tokens x [N, D].
 
-        softmax: probabilities over every expert, the k largest. sigmoid (DeepSeek-V3, Kimi, Nemotron-H):
-        independent scores; the choice adds the correction bias and, with groups, is limited to the
-        `topk_group` groups whose two best biased scores sum highest; the weights are the unbiased scores."""
+        softmax: probabilities over every expert, the k largest; with groups (DeepSeek-V2's
+        group_limited_greedy) only within the `topk_group` groups whose best probability is highest.
+        sigmoid (DeepSeek-V3, Kimi, Nemotron-H): independent scores; the choice adds the correction bias
+        and, with groups, is limited to the `topk_group` groups whose two best biased scores sum
+        highest; the weights are the unbiased scores."""
         logits = self.gate(x).astype(mx.float32)
         k = self.top_k
         if self.scoring == "softmax":
@@ -234,9 +243,14 @@ class SparseMoE(nn.Module):
             choice = scores
         else:
             scores = mx.sigmoid(logits)
-            choice = scores + self.gate.e_score_correction_bias if "e_score_correction_bias" in self.gate else scores
-            if self.topk_group < self.n_group:
-                choice = self._limit_to_best_groups(choice)
+            if "e_score_correction_bias" in self.gate:
+                choice = scores + self.gate.e_score_correction_bias
+            else:
+                # Ranked by the logits when nothing else enters: the sigmoid's order without the ties of
+                # float32's sigmoid at 1 (Llama 4 takes the top k of the logits).
+                choice = scores if self.topk_group < self.n_group else logits
+        if self.topk_group < self.n_group:
+            choice = self._limit_to_best_groups(choice)
         # argpartition gives the k largest in no particular order: the weighted sum does not care.
         indices = mx.stop_gradient(mx.argpartition(-choice, kth=k - 1, axis=-1)[..., :k])
         weights = mx.take_along_axis(scores, indices, axis=-1)
@@ -248,13 +262,17 @@ class SparseMoE(nn.Module):
         return indices, weights.astype(x.dtype)
 
     def _limit_to_best_groups(self, choice: mx.array) -> mx.array:
-        """Scores of experts outside the `topk_group` best groups set to -inf (never chosen)."""
+        """Scores of experts outside the `topk_group` best groups set to -inf (never chosen). A group
+        ranks by its two best scores summed (sigmoid, DeepSeek-V3) or by its best one (softmax, V2)."""
         N, E = choice.shape
         grouped = choice.reshape(N, self.n_group, E // self.n_group)
-        best_two = mx.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)  # [N, groups]
-        drop = mx.argpartition(best_two, kth=self.n_group - self.topk_group - 1, axis=-1)[
+        if self.scoring == "softmax":
+            group_scores = grouped.max(axis=-1)  # [N, groups]
+        else:
+            group_scores = mx.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)
+        drop = mx.argpartition(group_scores, kth=self.n_group - self.topk_group - 1, axis=-1)[
             ..., : self.n_group - self.topk_group]
-        keep = mx.ones_like(best_two)
+        keep = mx.ones_like(group_scores)
         keep = mx.put_along_axis(keep, drop, mx.array(0.0), axis=-1)
         return mx.where(mx.repeat(keep, E // self.n_group, axis=-1) > 0, choice, -mx.inf)
 
@@ -263,7 +281,10 @@ class SparseMoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         indices, weights = self.route(x)
         routed = self.fc1_latent_proj(x) if "fc1_latent_proj" in self else x
-        y = (self.experts(routed, indices) * weights[..., None]).sum(axis=-2)
+        if self.weight_inputs:  # one input row per (token, choice): the token times that expert's weight
+            y = self.experts(routed[:, None, :] * weights[..., None], indices).sum(axis=-2)
+        else:
+            y = (self.experts(routed, indices) * weights[..., None]).sum(axis=-2)
         if "fc2_latent_proj" in self:
             y = self.fc2_latent_proj(y)
         if "shared_expert" in self:
@@ -313,6 +334,7 @@ def dequantize_router(weights: dict, prefix: str, quantization: dict | None) -> 
     weights[f"{prefix}.weight"] = mx.dequantize(
         weights[f"{prefix}.weight"], scales, biases,
         override.get("group_size", q.get("group_size", 64)), override.get("bits", q.get("bits", 4)),
-        mode=override.get("mode", q.get("mode", "affine")),
+        # A per-module entry without a mode is affine (as nn.quantize reads it), whatever the default.
+        mode=override.get("mode", "affine") if override else q.get("mode", "affine"),
     )
     return weights

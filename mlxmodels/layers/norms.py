@@ -1,4 +1,4 @@
-"""RMS normalisation, in the plain form and Gemma's `(1 + weight)` form."""
+"""RMS normalisation, in the plain form, Gemma's `(1 + weight)` form and without a weight (Llama 4)."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -23,3 +23,14 @@ class OffsetRMSNorm(RMSNorm):
 
     def __call__(self, x: mx.array) -> mx.array:
         return mx.fast.rms_norm(x, 1.0 + self.weight, self.eps)
+
+
+class UnitRMSNorm(nn.Module):
+    """RMS normalisation without a learned scale (Llama 4's q/k "L2 norm": x / sqrt(mean(x^2) + eps))."""
+
+    def __init__(self, dims: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.rms_norm(x, None, self.eps)

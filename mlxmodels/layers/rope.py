@@ -15,7 +15,7 @@ import mlx.nn as nn
 from mlxmodels.errors import ConfigError
 from mlxmodels.layers import cpu_math
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "frequency_factors")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "frequency_factors")
 # "frequency_factors" is not a Hugging Face type: it is how GGUF files store Llama 3.1's scaling
 # (a `rope_freqs` tensor of per-frequency divisors), carried through our in-memory config.
 
@@ -70,6 +70,29 @@ def _yarn(dims: int, base: float, p: dict, max_positions: int) -> tuple[mx.array
     return interpolated * (1 - keep) + extrapolated * keep, float(attention_factor)
 
 
+def _longrope(dims: int, base: float, p: dict, max_positions: int) -> tuple[mx.array, mx.array, int, float]:
+    """LongRoPE (Phi-3): per-pair divisors of the frequencies, `short_factor` while the sequence stays
+    within the original training length and `long_factor` past it, and an attention factor on cos/sin.
+
+    Returns (short periods, long periods, original length, attention factor)."""
+    original = int(p.get("original_max_position_embeddings") or max_positions)
+    periods = []
+    for key in ("short_factor", "long_factor"):
+        value = p.get(key)
+        if not (isinstance(value, list) and len(value) == dims // 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"rope scaling 'longrope' needs '{key}': a list of {dims // 2} numbers "
+                              f"(one per rotated pair of features)")
+        # Periods factor_i * base^(2i/d): the reference's inv_freq = 1 / (factor_i * base^(2i/d)).
+        periods.append(mx.array(value, dtype=mx.float32) * base ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims))
+    # Without an explicit factor, the context extension is max_position_embeddings / original.
+    factor = p.get("factor") or max_positions / original
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return periods[0], periods[1], original, float(attention_factor)
+
+
 class RoPE(nn.Module):
     """Rotates the first `dims` features of q or k ([B, heads, L, head_dim]) by position."""
 
@@ -82,6 +105,10 @@ class RoPE(nn.Module):
         self.scale = 1.0
         self.magnitude = 1.0
         self._periods = None
+        # LongRoPE: the periods used once the sequence seen so far exceeds `original_positions`.
+        self._long_periods = None
+        self.original_positions = None
+        self._table_sets = {}  # the CPU path's cos/sin tables, per factor set (long: True/False)
         self.max_positions = max_position_embeddings
         kind = self.rope_type
         if kind not in SUPPORTED_ROPE_TYPES:
@@ -103,6 +130,9 @@ class RoPE(nn.Module):
         elif kind == "yarn":
             inv, self.magnitude = _yarn(dims, self.base, params, max_position_embeddings)
             self._periods = 1.0 / inv
+        elif kind == "longrope":
+            self._periods, self._long_periods, self.original_positions, self.magnitude = _longrope(
+                dims, self.base, params, max_position_embeddings)
 
     def _dynamic_base(self, length: int) -> float:
         """Dynamic NTK: past the trained length the base grows with the length seen so far."""
@@ -111,18 +141,24 @@ class RoPE(nn.Module):
         stretch = self.factor * length / self.max_positions - (self.factor - 1)
         return self.base * stretch ** (self.dims / (self.dims - 2))
 
+    def _uses_long_factors(self, end: int) -> bool:
+        """LongRoPE picks its factor set per call by the length seen so far (cached tokens plus this
+        call's), as the reference does: keys cached before the switch keep their short rotation."""
+        return self._long_periods is not None and end > self.original_positions
+
     def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
         if self.rope_type != "dynamic" and cpu_math.enabled(x):
             return self._rotate_with_tables(x, offset)
-        if self.magnitude != 1.0:  # YaRN scales the rotated features (cos and sin) only
+        periods = self._long_periods if self._uses_long_factors(offset + x.shape[-2]) else self._periods
+        if self.magnitude != 1.0:  # YaRN and LongRoPE scale the rotated features (cos and sin) only
             if self.dims == x.shape[-1]:
                 x = x * self.magnitude
             else:
                 x = mx.concatenate([x[..., : self.dims] * self.magnitude, x[..., self.dims :]], axis=-1)
-        if self._periods is not None:
+        if periods is not None:
             return mx.fast.rope(
                 x, self.dims, traditional=self.traditional, base=None, scale=1.0,
-                offset=offset, freqs=self._periods,
+                offset=offset, freqs=periods,
             )
         base = self._dynamic_base(offset + x.shape[-2]) if self.rope_type == "dynamic" else self.base
         return mx.fast.rope(
@@ -136,31 +172,34 @@ class RoPE(nn.Module):
     # (10 us and 0.2 ms), and follow Hugging Face's recipe exactly: angle = position x inv_freq in
     # float32, then cos and sin.
 
-    def _inverse_frequencies(self) -> mx.array:
+    def _inverse_frequencies(self, long: bool = False) -> mx.array:
+        if long:
+            return 1.0 / self._long_periods
         if self._periods is not None:
             return 1.0 / self._periods
         return _inverse_frequencies(self.dims, self.base) * self.scale
 
-    def _tables(self, positions: int) -> tuple[mx.array, mx.array]:
-        """[P, dims] factors with rotate(x) = x * cos + swap(x) * sin, for P >= positions."""
-        cached = getattr(self, "_cos", None)
-        if cached is not None and cached.shape[0] >= positions:
-            return self._cos, self._sin
-        n = max(positions, 2 * (0 if cached is None else cached.shape[0]), 256)
-        angles = mx.arange(n, dtype=mx.float32)[:, None] * self._inverse_frequencies()[None, :]
+    def _tables(self, positions: int, long: bool = False) -> tuple[mx.array, mx.array]:
+        """[P, dims] factors with rotate(x) = x * cos + swap(x) * sin, for P >= positions (for
+        LongRoPE's long factors when `long`)."""
+        cached = self._table_sets.get(long)
+        if cached is not None and cached[0].shape[0] >= positions:
+            return cached
+        n = max(positions, 2 * (0 if cached is None else cached[0].shape[0]), 256)
+        angles = mx.arange(n, dtype=mx.float32)[:, None] * self._inverse_frequencies(long)[None, :]
         cos, sin = mx.cos(angles) * self.magnitude, mx.sin(angles) * self.magnitude
         if self.traditional:  # pairs (x0, x1) rotate together: swap(x) swaps within each pair
-            self._cos = mx.stack([cos, cos], axis=-1).reshape(n, self.dims)
-            self._sin = mx.stack([-sin, sin], axis=-1).reshape(n, self.dims)
+            tables = (mx.stack([cos, cos], axis=-1).reshape(n, self.dims),
+                      mx.stack([-sin, sin], axis=-1).reshape(n, self.dims))
         else:  # halves rotate together: swap(x) = [x2, x1]
-            self._cos = mx.concatenate([cos, cos], axis=-1)
-            self._sin = mx.concatenate([-sin, sin], axis=-1)
-        mx.eval(self._cos, self._sin)
-        return self._cos, self._sin
+            tables = (mx.concatenate([cos, cos], axis=-1), mx.concatenate([-sin, sin], axis=-1))
+        mx.eval(*tables)
+        self._table_sets[long] = tables
+        return tables
 
     def _rotate_with_tables(self, x: mx.array, offset: int) -> mx.array:
         L = x.shape[-2]
-        cos, sin = self._tables(offset + L)
+        cos, sin = self._tables(offset + L, self._uses_long_factors(offset + L))
         cos, sin = cos[offset : offset + L], sin[offset : offset + L]
         rotate = _rotate_pairs if self.traditional else _rotate_halves
         if self.dims == x.shape[-1]:

@@ -22,6 +22,8 @@ FAMILIES = {
     "smollm3": "smollm3",  # NoPE layers
     "olmo2": "olmo2",  # post-norm, full-width QK-norm
     "olmo3": "olmo3",  # OLMo 2 with sliding-window layers
+    "llama4_text": "llama4_text",  # chunked attention, NoPE layers, sigmoid top-1 MoE
+    "llama4": "llama4_text",  # multimodal checkpoints: the text model (read_config merges text_config)
     "mamba": "mamba",
     "mamba2": "mamba2",
     # Hybrid and linear-attention families: a layer pattern mixes full attention with linear-time
@@ -39,6 +41,11 @@ FAMILIES = {
     "lfm2": "lfm2",
     "phi3": "phi3",  # Phi-3, Phi-3.5-mini, Phi-4-mini
     "gemma2": "gemma2",
+    # Multi-head Latent Attention and DeepSeek-style mixtures of experts
+    "deepseek_v2": "deepseek_v2",
+    "deepseek_v3": "deepseek_v3",  # also Moonlight
+    "kimi_k2": "deepseek_v3",  # Kimi K2's checkpoints: DeepSeek-V3's architecture under their own name
+    "glm4_moe": "glm4_moe",  # GLM-4.5 / 4.6
 }
 
 

@@ -4,6 +4,7 @@ Differences from Llama: embeddings scaled by sqrt(hidden_size); a norm before *a
 and the MLP; norms weigh by (1 + w); q/k RMSNorm per head; GeGLU (tanh GELU); attention scaled by
 `query_pre_attn_scalar` instead of head_dim; local layers use `rope_local_base_freq` (4.x dialect)
 or `rope_parameters.sliding_attention` (5.x); optional soft-capping of attention and final logits.
+Gemma 2 (gemma2.py) is this model without the q/k norms, with its own defaults.
 """
 
 from __future__ import annotations
@@ -44,19 +45,33 @@ class ModelArgs:
     final_logit_softcapping: float | None = None
     rope_global: dict = field(default_factory=dict)
     rope_local: dict = field(default_factory=dict)
+    qk_norm: bool = True  # Gemma 2 (gemma2.py, which reuses this module) has none
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         c = ConfigReader(config)
         layers = c.require("num_hidden_layers")
         head_dim = c.get("head_dim", 256, int)
+        heads = c.require("num_attention_heads")
+        kv_heads = c.get("num_key_value_heads", heads, int)
+        if kv_heads <= 0 or heads % kv_heads:
+            raise ConfigError(
+                f"{c.source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+            )
         layer_types = config.get("layer_types")
         if layer_types is None:
             # 4.x configs give a period instead: every Nth layer is global, the rest local.
             pattern = c.get("sliding_window_pattern", 6, int)
+            if pattern <= 0:
+                raise ConfigError(f"{c.source}: field 'sliding_window_pattern' must be positive, got {pattern}")
             layer_types = [
                 "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)
             ]
+        if not isinstance(layer_types, list) or not set(layer_types) <= {"full_attention", "sliding_attention"}:
+            raise ConfigError(
+                f"{c.source}: field 'layer_types' must list 'sliding_attention' or 'full_attention' per layer, "
+                f"got {layer_types!r}"
+            )
         if len(layer_types) != layers:
             raise ConfigError(
                 f"{c.source}: 'layer_types' lists {len(layer_types)} layers, num_hidden_layers is {layers}"
@@ -66,8 +81,8 @@ class ModelArgs:
             hidden_size=c.require("hidden_size"),
             num_hidden_layers=layers,
             intermediate_size=c.require("intermediate_size"),
-            num_attention_heads=c.require("num_attention_heads"),
-            num_key_value_heads=c.get("num_key_value_heads", c.require("num_attention_heads"), int),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
             head_dim=head_dim,
             vocab_size=c.require("vocab_size"),
             rms_norm_eps=c.get("rms_norm_eps", 1e-6, float),
@@ -109,7 +124,7 @@ class Model(CausalLM):
                 scale=args.query_pre_attn_scalar**-0.5,
                 qkv_bias=args.attention_bias,
                 out_bias=args.attention_bias,
-                qk_norm="offset_rms",
+                qk_norm="offset_rms" if args.qk_norm else None,
                 norm_eps=args.rms_norm_eps,
                 sliding_window=window,
                 logit_softcap=args.attn_logit_softcapping,
