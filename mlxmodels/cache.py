@@ -17,14 +17,17 @@ from __future__ import annotations
 import mlx.core as mx
 
 
-def window_mask(offset: int, queries: int, keys: int, window: int | None) -> mx.array:
+def window_mask(offset: int, queries: int, keys: int, window: int | None, chunk: int | None = None) -> mx.array:
     """Bool mask [queries, keys] for queries at positions offset-queries..offset-1 attending keys at
-    positions offset-keys..offset-1: causal, and within `window` positions (itself included)."""
+    positions offset-keys..offset-1: causal, and within `window` positions (itself included); with
+    `chunk`, also within the query's chunk of positions [n * chunk, (n + 1) * chunk) (Llama 4)."""
     q_pos = mx.arange(offset - queries, offset)[:, None]
     k_pos = mx.arange(offset - keys, offset)[None, :]
     allowed = k_pos <= q_pos
     if window is not None:
         allowed = allowed & (q_pos - k_pos < window)
+    if chunk is not None:
+        allowed = allowed & (q_pos // chunk == k_pos // chunk)
     return allowed
 
 
@@ -114,10 +117,14 @@ class RotatingKVCache:
         self.values[..., self.count : self.count + L, :] = values
         self.count += L
         self.offset += L
-        # The oldest of the new queries looks back window - 1 positions; older keys are dead.
-        self._attended = min(self.count, self.window - 1 + L)
+        self._attended = self._keys_needed(L)
         start = self.count - self._attended
         return self.keys[..., start : self.count, :], self.values[..., start : self.count, :]
+
+    def _keys_needed(self, L: int) -> int:
+        """How many of the newest held keys the `L` new queries read: the oldest of them looks back
+        window - 1 positions; older keys are dead."""
+        return min(self.count, self.window - 1 + L)
 
     def _compact(self, buffer, drop: int, keep: int, incoming: int, like: mx.array) -> mx.array:
         capacity = keep + incoming + self.step
@@ -150,7 +157,7 @@ class RotatingKVCache:
         return [] if self.keys is None else [self.keys, self.values]
 
     def copy(self) -> "RotatingKVCache":
-        clone = RotatingKVCache(self.window)
+        clone = type(self)(self.window)
         clone.offset, clone.count = self.offset, self.count
         if self.keys is not None:
             clone.keys = self.keys[..., : self.count, :]
@@ -160,6 +167,31 @@ class RotatingKVCache:
     @property
     def nbytes(self) -> int:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+class ChunkedKVCache(RotatingKVCache):
+    """Keys and values for a chunked-attention layer (Llama 4's RoPE layers): positions are cut into
+    chunks of `window` tokens, and a token attends only to the tokens of its own chunk up to itself.
+
+    A window that restarts at every chunk boundary instead of sliding: no query looks back more than
+    window - 1 positions, so the rotating cache's buffer holds all that is needed; only which keys a
+    call returns (from its oldest query's chunk start on) and the mask differ.
+    """
+
+    def _keys_needed(self, L: int) -> int:
+        oldest = self.offset - L  # position of the oldest new query
+        return min(self.count, L + oldest % self.window)
+
+    def mask(self, L: int):
+        if L == 1:
+            return None  # the returned keys are exactly the query's chunk so far
+        return window_mask(self.offset, L, self._attended, None, chunk=self.window)
+
+    def can_trim(self, n: int) -> bool:
+        if n < 0 or n > self.offset:
+            return False
+        # After rewinding, the next token must still see the earlier tokens of its chunk.
+        return self.count - n >= (self.offset - n) % self.window
 
 
 class LatentKVCache:
@@ -459,6 +491,78 @@ class QuantizedKVCache(KVCache):
         if self.keys is not None:
             clone.keys = tuple(a[..., : self.offset, :] for a in self.keys)
             clone.values = tuple(a[..., : self.offset, :] for a in self.values)
+        return clone
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.state)
+
+
+class QuantizedLatentKVCache(LatentKVCache):
+    """`LatentKVCache` under `--kv-bits`: each token's latent and rope key, side by side as one
+    [latent | rope key] row (kv_lora_rank + qk_rope_head_dim wide: 576 in DeepSeek-V2/V3 and Kimi),
+    stored in MLX's affine quantized format (`bits` 4 or 8, groups of 64, or 32 where 64 does not
+    divide the row).
+
+    `update_and_fetch` returns that row as a (packed, scales, biases) triple, [B, 1, T, ...]: the
+    layer's absorbed decode multiplies by it directly (`mx.quantized_matmul`), and a prefill
+    dequantizes it to expand keys and values. 8 bits keep a 576-wide row in 576 + 36 bytes instead
+    of 1152 (float16); offsets, masks and rewinding are the float cache's.
+    """
+
+    quantized = True
+
+    def __init__(self, bits: int = 8, group_size: int = 64):
+        from mlxmodels.errors import OrchardError
+
+        super().__init__()
+        if bits not in (4, 8):
+            raise OrchardError(f"KV cache bits must be 4 or 8, got {bits}")
+        if group_size not in (32, 64, 128):
+            raise OrchardError(f"KV cache group size must be 32, 64 or 128, got {group_size}")
+        self.bits, self.group_size = bits, group_size
+        self.rows = None  # (packed, scales, biases), each [B, 1, capacity, ...]
+
+    def _quantize(self, row: mx.array) -> tuple:
+        D = row.shape[-1]
+        if D % self.group_size:
+            if self.offset == 0 and D % 32 == 0:
+                self.group_size = 32
+            else:
+                from mlxmodels.errors import OrchardError
+
+                raise OrchardError(
+                    "a quantized latent KV cache needs kv_lora_rank + qk_rope_head_dim divisible by 32; "
+                    f"this model's is {D}"
+                )
+        return tuple(mx.quantize(row, group_size=self.group_size, bits=self.bits))
+
+    def update_and_fetch(self, latents: mx.array, rope_keys: mx.array) -> tuple:
+        L = latents.shape[2]
+        new = self._quantize(mx.concatenate([latents, rope_keys.astype(latents.dtype)], axis=-1))
+        if self.rows is None or self.offset + L > self.rows[0].shape[2]:
+            need = self.offset + L
+            self.rows = tuple(_grow(old, self.offset, need, self.step, part)
+                              for old, part in zip(self.rows or (None,) * 3, new))
+        for buffer, part in zip(self.rows, new):
+            buffer[..., self.offset : self.offset + L, :] = part
+        self.offset += L
+        return tuple(a[..., : self.offset, :] for a in self.rows)
+
+    def dequantized(self, rows: tuple, dtype: mx.Dtype, kv_lora_rank: int) -> tuple[mx.array, mx.array]:
+        """(latents, rope keys) in float from a fetched triple, for a prefill's expanded attention."""
+        full = mx.dequantize(*rows, group_size=self.group_size, bits=self.bits).astype(dtype)
+        return full[..., :kv_lora_rank], full[..., kv_lora_rank:]
+
+    @property
+    def state(self) -> list:
+        return [] if self.rows is None else list(self.rows)
+
+    def copy(self) -> "QuantizedLatentKVCache":
+        clone = QuantizedLatentKVCache(self.bits, self.group_size)
+        clone.offset = self.offset
+        if self.rows is not None:
+            clone.rows = tuple(a[..., : self.offset, :] for a in self.rows)
         return clone
 
     @property
