@@ -390,3 +390,18 @@ def test_cli_errors(capsys, tmp_path, monkeypatch):
     assert "needs the mlx-lm package" in _one_line_error(capsys, "--compare", "mlx-lm", "--no-store")
     assert "needs llama-cpp-python, which is not installed" in _one_line_error(capsys, "--compare", "llama.cpp", "--no-store")
     assert "no such file" in _one_line_error(capsys, "report", str(tmp_path / "missing.jsonl"))
+
+
+@pytest.mark.parametrize("name", sorted(synthetic.PRESETS))
+def test_every_preset_builds_with_its_family(name):
+    """Each preset's config is read by its family and gives one cache per layer (built lazily: no
+    weights are materialised); --layers keeps the first layers and their kinds."""
+    from mlxmodels.models import build_model
+
+    config = synthetic.preset_config(name)
+    model = build_model(config)
+    assert len(model.make_cache()) == config["num_hidden_layers"] == len(model.layers)
+    first = synthetic.preset_config(name, layers=2)
+    short = build_model(first)
+    assert len(short.layers) == 2
+    assert [type(c).__name__ for c in short.make_cache()] == [type(c).__name__ for c in model.make_cache()[:2]]

@@ -89,6 +89,43 @@ PRESETS: dict[str, dict] = {
                       block_ffn_dim_multiplier=1.0, block_multiple_of=256, conv_L_cache=3, conv_bias=False,
                       full_attn_idxs=[2, 5, 8, 10, 12, 14], rope_theta=1000000.0, norm_eps=1e-5,
                       max_position_embeddings=128000, vocab_size=65536, tie_word_embeddings=True),
+    # The 2025 attention variants.
+    "gpt-oss-20b": dict(model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=24,
+                        num_attention_heads=64, num_key_value_heads=8, head_dim=64, vocab_size=201088,
+                        num_local_experts=32, num_experts_per_tok=4, sliding_window=128,
+                        layer_types=["sliding_attention", "full_attention"] * 12, rms_norm_eps=1e-5,
+                        rope_theta=150000.0, rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                                                           "beta_slow": 1.0, "truncate": False,
+                                                           "original_max_position_embeddings": 4096},
+                        max_position_embeddings=131072, attention_bias=True, swiglu_limit=7.0,
+                        tie_word_embeddings=False),
+    "smollm3-3b": dict(model_type="smollm3", hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                       num_attention_heads=16, num_key_value_heads=4, head_dim=128, vocab_size=128256,
+                       no_rope_layer_interval=4, rope_theta=5000000.0, max_position_embeddings=65536,
+                       rms_norm_eps=1e-6, tie_word_embeddings=True),
+    # LongRoPE factors are learned numbers; ones cost the same as the real ones.
+    "phi-4-mini": dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                       num_attention_heads=24, num_key_value_heads=8, vocab_size=200064, partial_rotary_factor=0.75,
+                       rope_theta=10000.0, max_position_embeddings=131072, original_max_position_embeddings=4096,
+                       rope_scaling={"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [1.0] * 48},
+                       rms_norm_eps=1e-5, tie_word_embeddings=True, sliding_window=262144),
+    "gemma-2-9b": dict(model_type="gemma2", hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=256, vocab_size=256000,
+                       query_pre_attn_scalar=256, sliding_window=4096, attn_logit_softcapping=50.0,
+                       final_logit_softcapping=30.0, rope_theta=10000.0, max_position_embeddings=8192,
+                       hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_word_embeddings=True),
+    "olmo-2-7b": dict(model_type="olmo2", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, vocab_size=100352, rope_theta=500000.0,
+                      rms_norm_eps=1e-6, max_position_embeddings=4096, tie_word_embeddings=False),
+    "llama-4-scout": dict(model_type="llama4_text", hidden_size=5120, num_hidden_layers=48, num_attention_heads=40,
+                          num_key_value_heads=8, head_dim=128, num_local_experts=16, num_experts_per_tok=1,
+                          intermediate_size=8192, intermediate_size_mlp=16384, vocab_size=202048,
+                          attention_chunk_size=8192, interleave_moe_layer_step=1, use_qk_norm=True,
+                          attn_temperature_tuning=True, floor_scale=8192, attn_scale=0.1,
+                          rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                             "original_max_position_embeddings": 8192},
+                          max_position_embeddings=262144, rms_norm_eps=1e-5, tie_word_embeddings=False),
     "mamba-1.4b": dict(model_type="mamba", hidden_size=2048, num_hidden_layers=48, vocab_size=50280,
                        state_size=16, conv_kernel=4, expand=2, time_step_rank=128, layer_norm_epsilon=1e-5,
                        use_bias=False, use_conv_bias=True, tie_word_embeddings=True),
@@ -130,7 +167,7 @@ def first_layers(config: dict, layers: int, name: str) -> dict:
     for key, value in config.items():
         if isinstance(value, (list, str)) and len(value) == total and key != "model_type":
             out[key] = value[:layers]  # layer_types, hybrid_override_pattern, ...
-    for key in ("full_attn_idxs", "mlp_only_layers", "attn_layer_indices"):
+    for key in ("full_attn_idxs", "mlp_only_layers", "moe_layers", "attn_layer_indices"):
         if isinstance(config.get(key), list):
             out[key] = [i for i in config[key] if i < layers]
     return out
