@@ -15,6 +15,22 @@ from pathlib import Path
 from app.options import add_model_option
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """`--override FIELD=VALUE` pairs; VALUE is read as JSON (numbers, lists, true/false) or kept as text."""
+    from mlxmodels.errors import OrchardError
+
+    overrides = {}
+    for item in items:
+        field, sep, text = item.partition("=")
+        if not sep or not field:
+            raise OrchardError(f"--override: '{item}' must be FIELD=VALUE")
+        try:
+            overrides[field] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[field] = text
+    return overrides
+
+
 def register(sub) -> None:
     from mlxmodels.profiling.synthetic import PRESETS
 
@@ -29,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--layers", type=int, default=None, metavar="N",
                    help="--synthetic: keep only the first N layers (real widths), to measure per-layer cost "
                         "and cache growth of models larger than this machine's memory")
+    p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
+                   help="--synthetic: replace a config field of the preset, VALUE as JSON or a string "
+                        "(e.g. num_experts=16 to study the other layers of a huge MoE); repeatable")
     p.add_argument("-p", "--n-prompt", default="512", metavar="N[,N…]",
                    help="prefill test sizes: list and ranges like 128,512 or 128-2048*2 (default 512)")
     p.add_argument("-g", "--n-gen", default="128", metavar="N[,N…]", help="decode test sizes (default 128)")
@@ -109,7 +128,8 @@ def handle(args: argparse.Namespace) -> int:
     doc = benchmark(make_tests(prompts, gens, depths, pairs), args.repetitions, model_ref=args.model,
                     synthetic=args.synthetic, bits=args.bits, group_size=args.group_size, compare=args.compare,
                     baseline_dtype=args.baseline_dtype, cpu_weights=args.cpu_weights,
-                    prefill_step=args.prefill_step, batch=args.batch, layers=args.layers, progress=_status)
+                    prefill_step=args.prefill_step, batch=args.batch, layers=args.layers,
+                    overrides=parse_overrides(args.override), progress=_status)
     _status("")
     if not args.no_store:
         where = store.append(doc, args.store)

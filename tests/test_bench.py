@@ -405,3 +405,19 @@ def test_every_preset_builds_with_its_family(name):
     short = build_model(first)
     assert len(short.layers) == 2
     assert [type(c).__name__ for c in short.make_cache()] == [type(c).__name__ for c in model.make_cache()[:2]]
+
+
+def test_overrides_and_first_layers_change_the_preset():
+    from app.bench import parse_overrides
+
+    overrides = parse_overrides(["num_experts=16", "num_experts_per_tok=2", "norm_topk_prob=false"])
+    assert overrides == {"num_experts": 16, "num_experts_per_tok": 2, "norm_topk_prob": False}
+    assert parse_overrides(["model_type=qwen3_next"]) == {"model_type": "qwen3_next"}  # text stays text
+    config = synthetic.preset_config("qwen3-next-80b-a3b", layers=4, overrides=overrides)
+    assert (config["num_experts"], config["num_hidden_layers"]) == (16, 4)
+    with pytest.raises(OrchardError, match="'num_expert' is not a field"):
+        synthetic.preset_config("qwen3-next-80b-a3b", overrides={"num_expert": 16})
+    with pytest.raises(OrchardError, match="must be FIELD=VALUE"):
+        parse_overrides(["num_experts"])
+    with pytest.raises(OrchardError, match="--layers: 49 is not between 1 and 48"):
+        synthetic.preset_config("qwen3-next-80b-a3b", layers=49)

@@ -114,7 +114,7 @@ def _gguf_for(model_ref) -> Path:
 def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = None, bits: int = 4,
               group_size: int = 64, compare: str | list[str] | None = None, baseline_dtype: str = "float32",
               cpu_weights: str = "auto", prefill_step: int = 512, batch: int = 1, layers: int | None = None,
-              progress: Callable[[str], None] = lambda s: None) -> dict:
+              overrides: dict | None = None, progress: Callable[[str], None] = lambda s: None) -> dict:
     if repetitions < 1:
         raise OrchardError(f"-r/--repetitions must be at least 1, got {repetitions}")
     if prefill_step < 1:
@@ -128,9 +128,9 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
     if synthetic:
         from mlxmodels.profiling.synthetic import preset_config
 
-        preset_config(synthetic, bits, group_size, layers)  # bad names fail now, not after the bandwidth probe
-    elif layers is not None:
-        raise OrchardError("--layers applies to --synthetic models only")
+        preset_config(synthetic, bits, group_size, layers, overrides)  # bad names fail now, not after the bandwidth probe
+    elif layers is not None or overrides:
+        raise OrchardError("--layers and --override apply to --synthetic models only")
     machine = machine_info()
     bandwidth, source = memory_bandwidth(machine, data_dir() / "bench" / "bandwidth.json")
     machine.update(bandwidth_gbps=bandwidth, bandwidth_source=source)
@@ -143,10 +143,13 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
         progress(f"building synthetic {synthetic} ({bits}-bit random weights)…")
         model, weights, config = build_synthetic(
             synthetic, bits, group_size, cpu_weights,
-            progress=lambda i, n: progress(f"building synthetic {synthetic}: tensor {i}/{n}"), layers=layers)
+            progress=lambda i, n: progress(f"building synthetic {synthetic}: tensor {i}/{n}"), layers=layers,
+            overrides=overrides)
         name, source_ref = f"synthetic:{synthetic}", f"synthetic preset {synthetic} (random weights)"
-        if layers is not None:
-            name += f" (first {layers} layers)"
+        changes = ([f"first {layers} layers"] if layers is not None else []) + \
+            [f"{k}={v}" for k, v in (overrides or {}).items()]
+        if changes:
+            name += f" ({', '.join(changes)})"
     else:
         import mlx.core as mx
 

@@ -134,9 +134,11 @@ PRESETS: dict[str, dict] = {
 BITS = (2, 3, 4, 5, 6, 8, 16)  # 16: unquantized (float weights)
 
 
-def preset_config(name: str, bits: int = 4, group_size: int = 64, layers: int | None = None) -> dict:
+def preset_config(name: str, bits: int = 4, group_size: int = 64, layers: int | None = None,
+                  overrides: dict | None = None) -> dict:
     """The preset's config, with the quantization block a converted model would carry; `layers`
-    keeps only the first layers (real widths), for models larger than this machine's memory."""
+    keeps only the first layers (real widths), for models larger than this machine's memory;
+    `overrides` replaces config fields (what-if studies, e.g. fewer experts)."""
     if name not in PRESETS:
         raise OrchardError(f"--synthetic: unknown model '{name}' (choose from {', '.join(PRESETS)})")
     if bits not in BITS:
@@ -146,6 +148,11 @@ def preset_config(name: str, bits: int = 4, group_size: int = 64, layers: int | 
     from mlxmodels.models import FAMILIES
 
     config = dict(PRESETS[name], _source=f"synthetic preset '{name}'")
+    for key, value in (overrides or {}).items():
+        if key not in config:
+            raise OrchardError(f"--override: '{key}' is not a field of the {name} preset "
+                               f"(fields: {', '.join(sorted(k for k in config if not k.startswith('_')))})")
+        config[key] = value
     if layers is not None:
         config = first_layers(config, layers, name)
     if config["model_type"] not in FAMILIES:
@@ -220,14 +227,14 @@ def synthetic_weights(config: dict, seed: int = 0, progress=None) -> dict[str, m
 
 
 def build_synthetic(name: str, bits: int = 4, group_size: int = 64, cpu_weights: str = "auto", progress=None,
-                    layers: int | None = None):
+                    layers: int | None = None, overrides: dict | None = None):
     """(model, weights, config): an Orchard model with the preset's shapes and random weights.
 
     `weights` is kept so a comparison engine can load the very same tensors.
     """
     from mlxmodels.loading import assemble
 
-    config = preset_config(name, bits, group_size, layers)
+    config = preset_config(name, bits, group_size, layers, overrides)
     weights = synthetic_weights(config, progress=progress)
     model = assemble(config, dict(weights), {}, Path(f"synthetic:{name}"), None, cpu_weights)
     return model, weights, config
