@@ -114,17 +114,14 @@ def format_summary(r) -> str:
 
 
 def _quality_line(src, out) -> str:
-    """Perplexity of source and result on assets/calibration.txt, and their mean next-token KL."""
-    import mlxmodels
+    """Perplexity of source and result on assets/calibration.txt, and their mean next-token KL; or
+    why they were not measured (e.g. the source would not fit in memory as evaluated)."""
     from mlxmodels.errors import OrchardError
-    from mlxmodels.quality import calibration_ids, compare
+    from mlxmodels.quality import measure
 
     try:
-        converted, tokenizer = mlxmodels.load(out)
+        q = measure(src, out)
     except OrchardError as e:
         return f"quality: not measured ({e})"
-    ids = calibration_ids(tokenizer)
-    source = mlxmodels.load_model(src)
-    q = compare(source, converted, ids)
     return (f"quality on {q.tokens} tokens of assets/calibration.txt: perplexity {q.perplexity_source:.3f} (source) "
             f"-> {q.perplexity_converted:.3f} (converted), mean KL {q.mean_kl:.5f} nats/token")

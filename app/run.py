@@ -27,6 +27,37 @@ def _status(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _decoded(data: bytes, source: str) -> str:
+    """`data` as UTF-8 text (what tokenizers read). Bytes that are not UTF-8 become U+FFFD, with a
+    one-line warning: a stray Latin-1 byte or a binary fragment in a piped log should not cost the
+    whole answer, and the warning says the model did not see those bytes as they were."""
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # a byte-order mark is not part of the prompt
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        first = bom + e.start
+    text = data[bom:].decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
+    _status(f"orchard: warning: {source} is not valid UTF-8: {replaced} invalid byte sequence"
+            f"{'s' if replaced != 1 else ''} (the first at byte {first}) replaced with U+FFFD")
+    return text
+
+
+def _stdin_text() -> str:
+    stream = getattr(sys.stdin, "buffer", None)  # None: replaced by a text-only stream
+    return sys.stdin.read() if stream is None else _decoded(stream.read(), "the prompt on stdin")
+
+
+def _argument_text(value: str, option: str) -> str:
+    """A command-line value: Python hands undecodable argv bytes over as lone surrogates, which the
+    tokenizer rejects; they get the same treatment as stdin."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _decoded(value.encode("utf-8", "surrogateescape"), option)
+    return value
+
+
 def _prefill_progress(done: int, total: int) -> None:
     if sys.stderr.isatty():
         print(f"\rprefill {done}/{total} tokens", end="", file=sys.stderr, flush=True)
@@ -37,7 +68,8 @@ def handle(args: argparse.Namespace) -> int:
     from mlxmodels.errors import OrchardError
     from mlxmodels.prompt import format_messages, generation_defaults, has_chat_template
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = _stdin_text() if args.prompt == "-" else _argument_text(args.prompt, "--prompt")
+    system = None if args.system is None else _argument_text(args.system, "--system")
     if not prompt.strip():
         raise OrchardError("the prompt is empty")
     if args.max_tokens < 1:
@@ -47,14 +79,21 @@ def handle(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args, generation_defaults(model.info.path) if model.info.path.is_dir() else {})
 
     if args.no_chat_template:
-        text = prompt if args.system is None else f"{args.system}\n\n{prompt}"
+        text = prompt if system is None else f"{system}\n\n{prompt}"
     else:
         if not has_chat_template(tokenizer) and not args.quiet:
             _status("orchard: note: the model has no chat template; sending a plain transcript")
-        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
         text = format_messages(tokenizer, messages)
+
+    if args.kv_bits is not None and not args.quiet:
+        from mlxmodels.api import kv_bits_no_effect
+
+        why = kv_bits_no_effect(model)
+        if why:
+            _status(f"orchard: note: --kv-bits {args.kv_bits} changes nothing: {why}")
 
     stats = None
     for chunk in stream_generate(

@@ -46,20 +46,50 @@ def make_cache(model, kv_bits: int | None = None, kv_group_size: int = 64) -> li
     `kv_bits` (4 or 8) stores the keys and values of full-attention layers quantized
     (`QuantizedKVCache`); sliding-window and recurrent layers keep their own caches. A layer that
     holds attention and SSM caches together (`AttentionSSMCache`) gets its attention part swapped.
+    Multi-head Latent Attention layers keep their per-token latents quantized (`QuantizedLatentKVCache`).
     """
     cache = model.make_cache()
     if kv_bits is None:
         return cache
-    from mlxmodels.cache import AttentionSSMCache, KVCache, QuantizedKVCache
+    from mlxmodels.cache import (AttentionSSMCache, KVCache, LatentKVCache, QuantizedKVCache,
+                                 QuantizedLatentKVCache)
 
     def quantized(c):
         if type(c) is KVCache:
             return QuantizedKVCache(kv_bits, kv_group_size)
+        if type(c) is LatentKVCache:
+            return QuantizedLatentKVCache(kv_bits, kv_group_size)
         if isinstance(c, AttentionSSMCache):
             return AttentionSSMCache(quantized(c.attention), c.ssm)
         return c
 
     return [quantized(c) for c in cache]
+
+
+# Cache kinds `kv_bits` leaves alone, as the note that the flag changed nothing names them (None:
+# nothing worth naming). Only a full-attention KV cache grows with the context; these do not.
+_KEPT_CACHES = {"RotatingKVCache": "sliding-window attention (bounded by its window)",
+                "ChunkedKVCache": "chunked attention (bounded by its chunk)",
+                "SSMCache": "recurrent state (a fixed size)", "StatelessCache": None}
+
+
+def kv_bits_no_effect(model) -> str | None:
+    """Why `make_cache(model, kv_bits=...)` would quantize no layer's cache at all, in words (the
+    caller says so, rather than letting the flag silently do nothing); None when some layer's is."""
+    plain, quantized = model.make_cache(), make_cache(model, kv_bits=8)
+
+    def parts(layer) -> list:
+        # A layer running attention and an SSM side by side (AttentionSSMCache) holds both kinds.
+        return [layer.attention, layer.ssm] if hasattr(layer, "attention") and hasattr(layer, "ssm") else [layer]
+
+    if any([type(p) for p in parts(a)] != [type(p) for p in parts(b)] for a, b in zip(plain, quantized)):
+        return None
+    kinds = []
+    for part in (p for layer in plain for p in parts(layer)):
+        kind = _KEPT_CACHES.get(type(part).__name__, type(part).__name__)
+        if kind is not None and kind not in kinds:
+            kinds.append(kind)
+    return "this model has no full-attention KV cache to quantize, only " + " and ".join(kinds)
 
 
 def warm_up(model) -> None:

@@ -26,7 +26,7 @@ from mlxmodels.generate import GenerationChunk, GenerationStats, context_length,
 from mlxmodels.prompt import format_messages
 from mlxmodels.sampling import SamplingParams
 
-UNKNOWN = -1  # a token the cache holds whose id we do not know (one of several EOS ids): never matches
+UNKNOWN = -1  # a token the cache holds whose id we do not know (never expected): never matches
 MAX_SNAPSHOTS = 4  # end-of-turn snapshots kept for caches that cannot rewind (bounded memory)
 
 
@@ -224,7 +224,7 @@ class ChatSession:
             for chunk in stream_generate(
                 self.model, self.tokenizer, new_ids, max_tokens=self.params.max_tokens,
                 sampling=self.params.sampling(), cache=self.cache, should_stop=should_stop,
-                on_prefill_progress=progress,
+                on_prefill_progress=progress, prefix_ids=[t for t in self.cache_tokens if t != UNKNOWN],
             ):
                 pieces.append(chunk.text)
                 stats = chunk.stats or stats
@@ -258,9 +258,10 @@ class ChatSession:
         if extra < 0:  # cannot happen with an honest cache; refuse to guess
             self.reset_cache()
             return
-        eos = list(getattr(self.tokenizer, "eos_token_ids", None) or [])
-        fed = eos[0] if stats.finish_reason == "stop" and len(eos) == 1 else UNKNOWN
-        self.cache_tokens += [fed] + [UNKNOWN] * (extra - 1) if extra else []
+        # That is the EOS id generated (a model may have several: Llama 3's <|eot_id|> and
+        # <|end_of_text|>), so the next turn's template, which closes the answer with it, matches.
+        fed = [] if stats.stop_token is None else [stats.stop_token]
+        self.cache_tokens += (fed + [UNKNOWN] * extra)[:extra]
         if not can_trim_cache(self.cache, len(self.cache_tokens)):
             self._snapshot(self.cache_tokens)
 

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Sequence
 import mlx.core as mx
 
 from mlxmodels.cache import cache_offset, cache_state
+from mlxmodels.constrain import apply_token_mask
 from mlxmodels.errors import ContextLengthError, OrchardError
 from mlxmodels.sampling import SamplingParams, make_logits_processors, make_sampler
 
@@ -32,6 +33,7 @@ class GenerationStats:
     peak_memory_gb: float = 0.0
     finish_reason: str = ""  # "stop" (EOS), "stop_string", "length", "context", "cancelled"
     tokens: list = field(default_factory=list)  # the generated token ids
+    stop_token: int | None = None  # the EOS id that ended it: fed to the cache, not in `tokens`
 
 
 @dataclass
@@ -113,28 +115,62 @@ def generate_tokens(
     processors: list,
     prefill_step: int = 512,
     on_prefill_progress=None,
+    prior: mx.array | None = None,
+    matcher=None,
 ) -> Iterator[int]:
-    """Endless stream of token ids after `prompt` (the caller decides when to stop)."""
-    history = prompt
+    """Endless stream of token ids after `prompt` (the caller decides when to stop).
+
+    `prior`: ids of tokens the cache already holds, before `prompt`; the logits processors see them
+    as the start of the context (a repetition penalty looks back across the cached prefix).
+    `matcher`: a `constrain.TokenMatcher`; only tokens its grammar allows are sampled."""
+    history = prompt if prior is None else mx.concatenate([prior, prompt])
     remaining = prefill(model, prompt, cache, prefill_step, on_prefill_progress)
 
-    def step(inputs: mx.array) -> mx.array:
+    def forward(inputs: mx.array) -> mx.array:
+        return model(inputs[None], cache)[:, -1, :]
+
+    def choose(logits: mx.array, mask: mx.array | None = None) -> mx.array:
         nonlocal history
-        logits = model(inputs[None], cache)[:, -1, :]
         for process in processors:
             logits = process(history, logits)
+        if mask is not None:
+            logits = apply_token_mask(logits, mask)
         token = sampler(logits)
         if processors:
             history = mx.concatenate([history, token])
         return token
 
-    token = step(remaining)
+    if matcher is not None:
+        yield from _constrained_decode(forward, choose, remaining, matcher)
+        return
+    token = choose(forward(remaining))
     mx.async_eval(token)
     while True:
-        following = step(token)
+        following = choose(forward(token))
         mx.async_eval(following)
         yield token.item()
         token = following
+
+
+def _constrained_decode(forward, choose, remaining: mx.array, matcher) -> Iterator[int]:
+    """The decode loop with a grammar mask, pipelined so the mask costs little.
+
+    Token t+1's mask needs token t's value, so sampling waits for the CPU; the model need not. The
+    forward pass of step t+1 is queued (its own `async_eval`, so waiting for token t does not wait
+    for it) before token t is read; the grammar then advances and computes the next mask on this
+    thread while the model computes, and sampling is queued behind that forward pass."""
+    logits = forward(remaining)
+    mx.async_eval(logits)
+    token = choose(logits, matcher.mask())  # the first mask is computed during the last prefill step
+    mx.async_eval(token)
+    while True:
+        logits = forward(token)
+        mx.async_eval(logits)
+        value = token.item()
+        yield value
+        matcher.advance(value)
+        token = choose(logits, matcher.mask())
+        mx.async_eval(token)
 
 
 def stream_generate(
@@ -148,13 +184,20 @@ def stream_generate(
     prefill_step: int = 512,
     on_prefill_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    prefix_ids: Sequence[int] = (),
+    constraint=None,
 ) -> Iterator[GenerationChunk]:
     """Generate a completion of `prompt` (text, or token ids) piece by piece.
 
     `cache` (from `make_cache(model)`) may hold earlier tokens; `prompt` then holds only the new
-    ones. `should_stop` is polled between tokens (a UI's stop button).
+    ones, and `prefix_ids` the ids of those earlier tokens, so that the repetition penalty sees the
+    whole context, as it would had everything been one prompt. `should_stop` is polled between
+    tokens (a UI's stop button). `constraint` (a `constrain.Constraint`, compiled or not, or a
+    `TokenMatcher` already advanced over a forced prefix) limits the output to a JSON schema, regex
+    or grammar; an invalid one raises `ConstraintError` before any model work.
     """
     sampling = (sampling or SamplingParams(temperature=0.0)).validate()
+    matcher = _matcher_for(constraint, tokenizer)
     if max_tokens < 1:
         raise OrchardError(f"max tokens must be at least 1, got {max_tokens}")
     ids = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
@@ -180,10 +223,14 @@ def stream_generate(
     detokenizer.reset()
     stops = _StopStrings(stop)
 
+    processors = make_logits_processors(sampling)
+    # The processors look back `repetition_context` tokens at most: older cached ids do not matter.
+    prior = list(prefix_ids)[-sampling.repetition_context:] if processors else []
+
     start = time.perf_counter()
     tokens = generate_tokens(
-        model, mx.array(ids, dtype=mx.uint32), cache, make_sampler(sampling),
-        make_logits_processors(sampling), prefill_step, on_prefill_progress,
+        model, mx.array(ids, dtype=mx.uint32), cache, make_sampler(sampling), processors, prefill_step,
+        on_prefill_progress, mx.array(prior, dtype=mx.uint32) if prior else None, matcher,
     )
     first_at = None
     reason = "length"
@@ -193,7 +240,7 @@ def stream_generate(
                 first_at = time.perf_counter()
                 stats.ttft = first_at - start
             if token in eos:
-                reason = "stop"
+                reason, stats.stop_token = "stop", token
                 break
             stats.tokens.append(token)
             detokenizer.add_token(token)
@@ -214,7 +261,15 @@ def stream_generate(
     end = time.perf_counter()
 
     detokenizer.finalize()
-    tail = stops.feed(detokenizer.last_segment)[0] + stops.flush() if reason != "stop_string" else ""
+    tail = ""
+    if reason != "stop_string":
+        # The detokenizer may hold the last tokens' text back until now; a stop string that text
+        # completes ends the answer there, as it would have mid-stream.
+        tail, hit = stops.feed(detokenizer.last_segment)
+        if hit:
+            reason = "stop_string"
+        else:
+            tail += stops.flush()
     stats.generation_tokens = len(stats.tokens)
     stats.finish_reason = reason
     prefill_time = stats.ttft
@@ -224,6 +279,15 @@ def stream_generate(
     stats.generation_tps = decoded / decode_time if decode_time > 0 and decoded else 0.0
     stats.peak_memory_gb = mx.get_peak_memory() / 1e9
     yield GenerationChunk(tail, None, stats)
+
+
+def _matcher_for(constraint, tokenizer):
+    """A fresh `TokenMatcher` for a Constraint or CompiledConstraint; a matcher as it is."""
+    if constraint is None or hasattr(constraint, "advance"):
+        return constraint
+    if hasattr(constraint, "compile"):
+        constraint = constraint.compile(tokenizer)
+    return constraint.matcher()
 
 
 def generate(model, tokenizer, prompt, **kwargs) -> tuple[str, GenerationStats]:

@@ -96,8 +96,9 @@ def checkpoint_dtype(config: dict, weights: dict) -> mx.Dtype:
     A checkpoint may keep a minority of tensors in another dtype (GGUF files store norms in float32
     beside float16 scales), and a weight dict's order is the file's, or a hash order for GGUF. So:
     the dtype the config declares (`torch_dtype`, transformers 5's `dtype`) when the weights hold it,
-    else the dtype holding the most parameters (a tie goes to the narrower). A declared dtype the
-    weights lack is a stale config (e.g. a float32 model converted to 4 bits with float16 scales).
+    else the dtype holding the most parameters (a tie goes to the narrower, then by name). A declared
+    dtype the weights lack is a stale config (e.g. a float32 model converted to 4 bits with float16
+    scales).
     """
     counts: dict = {}
     for value in weights.values():
@@ -109,7 +110,7 @@ def checkpoint_dtype(config: dict, weights: dict) -> mx.Dtype:
         return declared
     if not counts:
         return mx.float32
-    return max(counts, key=lambda dtype: (counts[dtype], -dtype.size))
+    return max(counts, key=lambda dtype: (counts[dtype], -dtype.size, str(dtype)))
 
 
 def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.Dtype | None = None,

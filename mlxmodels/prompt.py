@@ -34,4 +34,9 @@ def generation_defaults(model_path: Path) -> dict:
         return {}
     keys = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
             "repetition_penalty": "repetition_penalty"}
-    return {ours: config[theirs] for theirs, ours in keys.items() if isinstance(config.get(theirs), (int, float))}
+    defaults = {ours: config[theirs] for theirs, ours in keys.items() if isinstance(config.get(theirs), (int, float))}
+    if config.get("do_sample") is False:
+        # Greedy, as transformers' generate() reads it, whatever temperature the file also names
+        # (the penalty still applies there; top-p/top-k only matter if the user raises the temperature).
+        defaults["temperature"] = 0.0
+    return defaults

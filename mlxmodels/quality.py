@@ -15,6 +15,9 @@ from importlib import resources
 import mlx.core as mx
 
 DEFAULT_TOKENS = 256  # enough for stable numbers on small models, a few seconds on a CPU
+# The most of physical memory one model may take as the check evaluates it (the OS, the caller and
+# the activations need the rest).
+MEMORY_FRACTION = 0.5
 
 
 @dataclass
@@ -57,5 +60,45 @@ def compare(source_model, converted_model, ids: list[int]) -> Quality:
     p = log_probs(source_model, ids)
     mx.eval(p)
     q = log_probs(converted_model, ids)
+    mx.eval(q)
+    return Quality(len(ids), perplexity(p, ids), perplexity(q, ids), mean_kl(p, q))
+
+
+def model_bytes(model) -> int:
+    """What a loaded model's parameters take once evaluated (known before: loading is lazy)."""
+    from mlx.utils import tree_flatten
+
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def measure(source_path, converted_path, tokens: int = DEFAULT_TOKENS) -> Quality:
+    """`compare` for a conversion on disk, within a memory budget.
+
+    A conversion streams its source; evaluating it loads it whole, in the compute dtype (float32
+    on the CPU backend: an 8B bfloat16 model takes 32 GB). So both models load lazily with their
+    quantized layers kept quantized, one is evaluated at a time (the source is released before the
+    converted model runs), and a model that would take more than MEMORY_FRACTION of physical memory
+    is not evaluated: an OrchardError says so, in one line.
+    """
+    import mlxmodels
+    from mlxmodels.cpu_weights import physical_memory
+    from mlxmodels.errors import OrchardError
+
+    converted, tokenizer = mlxmodels.load(converted_path, cpu_weights="quantized")
+    source = mlxmodels.load_model(source_path, cpu_weights="quantized")
+    total = physical_memory()
+    for name, size, dtype in (("source", model_bytes(source), source.info.compute_dtype),
+                              ("converted", model_bytes(converted), converted.info.compute_dtype)):
+        if total and size > MEMORY_FRACTION * total:
+            raise OrchardError(f"the {name} model takes {size / 1e9:.1f} GB evaluated in {dtype}, over "
+                               f"{MEMORY_FRACTION:.0%} of this machine's {total / 1e9:.1f} GB")
+    ids = calibration_ids(tokenizer, tokens)
+    if len(ids) < 2:
+        raise OrchardError("the calibration text is under two tokens for this tokenizer")
+    p = log_probs(source, ids)
+    mx.eval(p)
+    del source  # its weights go before the converted model's are read
+    mx.clear_cache()
+    q = log_probs(converted, ids)
     mx.eval(q)
     return Quality(len(ids), perplexity(p, ids), perplexity(q, ids), mean_kl(p, q))

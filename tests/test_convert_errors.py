@@ -15,7 +15,7 @@ import pytest
 from app.main import main
 from mlxmodels.convert import ConvertOptions, convert
 from mlxmodels.errors import OrchardError
-from tests.conftest import FIXTURES
+from conftest import FIXTURES
 
 SRC = FIXTURES / "llama3-v5"
 

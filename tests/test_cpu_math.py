@@ -9,6 +9,8 @@ by a few ulps of their output scale. Attention sums S products in another order 
 
 from __future__ import annotations
 
+import sys
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -188,3 +190,57 @@ def test_warm_up_runs_the_prefill_and_the_decode_shapes(monkeypatch):
     monkeypatch.setattr(cpu_math, "attention", lambda q, *a, **k: queries.append(q.shape[2]) or real(q, *a, **k))
     mlxmodels.warm_up(model)
     assert sorted(set(queries)) == [1, 2]
+
+
+def _python_calls_in(files: tuple, run) -> int:
+    """How many Python functions defined in `files` ran during `run()`. A compiled function's Python
+    body runs only when MLX traces it, so a call that reuses a trace adds nothing."""
+    count = 0
+
+    def hook(frame, event, arg):
+        nonlocal count
+        if event == "call" and frame.f_code.co_filename.replace("\\", "/").endswith(files):
+            count += 1
+
+    sys.setprofile(hook)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_new_prefill_lengths_trace_no_new_graphs():
+    """A chat prefills a new length every turn and attention sees a new key count: the compiled CPU
+    helpers (cpu_math's, RoPE's rotation) must not trace a graph per length, which MLX would keep for
+    the life of the process. After a first prefill, 20 other lengths run exactly the Python that a
+    repeat of the first runs: no trace at all."""
+    from helpers import TINY_LLAMA
+
+    from mlxmodels.models import build_model
+
+    if not cpu_math.enabled(mx.zeros((1,))):
+        pytest.skip("the CPU math path is off on this backend")
+    model = build_model(dict(TINY_LLAMA, vocab_size=64))
+    mx.eval(model.parameters())
+
+    def prefill(L: int):
+        return lambda: mx.eval(model(mx.arange(L)[None] % 64, cache=model.make_cache()))
+
+    files = ("layers/cpu_math.py", "layers/rope.py")
+    prefill(61)()  # the longest first: RoPE's tables grow to it once
+    steady = _python_calls_in(files, prefill(61))
+    extra = {L: _python_calls_in(files, prefill(L)) - steady for L in range(41, 61)}
+    assert all(n == 0 for n in extra.values()), extra
+
+
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh", "silu_mul", "gelu_approx_mul"])
+def test_every_length_computes_the_same_values(name):
+    """One trace serving every length changes no value: each of 20 lengths gives exactly the rows
+    the longest input gives."""
+    fn = getattr(cpu_math, name)
+    mx.random.seed(3)
+    inputs = [mx.random.normal((1, 60, 96)) * 6 for _ in range(2 if name.endswith("_mul") else 1)]
+    full = fn(*inputs)
+    for L in range(40, 60):
+        assert mx.array_equal(fn(*(x[:, :L] for x in inputs)), full[:, :L]).item(), L

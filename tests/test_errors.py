@@ -139,3 +139,30 @@ def test_bad_cpu_math_setting(capsys, monkeypatch):
     monkeypatch.setenv("ORCHARD_CPU_MATH", "off")
     code, err = run_cli(capsys, "--prompt", "hi")
     assert_one_line_error(code, err, "ORCHARD_CPU_MATH", "off")
+
+
+def test_prompt_on_stdin_that_is_not_utf8_reaches_the_model_with_one_warning(capsys, monkeypatch, tiny):
+    """Bytes that are not UTF-8 (a Latin-1 'é', a stray 0xff) become U+FFFD, with one warning line
+    saying how many and where, instead of a traceback."""
+    import io
+
+    import mlxmodels
+
+    seen = []
+    real = mlxmodels.stream_generate
+    monkeypatch.setattr(mlxmodels, "stream_generate", lambda m, t, text, **k: seen.append(text) or real(m, t, text, **k))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait\xff"), encoding="utf-8"))
+    code, err = run_cli(capsys, "--model", str(tiny), "--no-chat-template", "--prompt", "-")
+    assert code == 0 and "Traceback" not in err
+    assert [line for line in err.splitlines() if "UTF-8" in line] == [
+        "orchard: warning: the prompt on stdin is not valid UTF-8: 2 invalid byte sequences (the first at byte 3) "
+        "replaced with U+FFFD"]
+    assert seen == ["caf\ufffd au lait\ufffd"]
+
+
+def test_prompt_argument_with_undecodable_bytes_gets_the_same_treatment(capsys, tiny):
+    # Python hands argv bytes that are not UTF-8 over as lone surrogates ("\udce9" for 0xe9).
+    code, err = run_cli(capsys, "--model", str(tiny), "--prompt", "caf\udce9")
+    assert code == 0 and "Traceback" not in err
+    assert ("orchard: warning: --prompt is not valid UTF-8: 1 invalid byte sequence (the first at byte 3) "
+            "replaced with U+FFFD") in err.splitlines()

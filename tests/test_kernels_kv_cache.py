@@ -124,3 +124,34 @@ def test_kv_bits_on_a_model_it_cannot_quantize_is_a_one_line_error(capsys, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
     assert err[0] == "orchard: error: a quantized KV cache needs a head dim divisible by 32; this model's is 16"
+
+
+@pytest.mark.parametrize("name, kind", [("mamba", "recurrent state"), ("mamba2", "recurrent state"),
+                                        ("mistral-swa", "sliding-window attention"),
+                                        ("llama3-v5", None), ("falcon_h1", None)])
+def test_kv_bits_says_when_no_layer_has_a_kv_cache_to_quantize(name, kind):
+    """Every layer sliding-window or recurrent: nothing for --kv-bits to quantize, and the reason in
+    words; a model with any full-attention layer (hybrids included) gets no such note."""
+    from conftest import FIXTURES
+
+    from mlxmodels.api import kv_bits_no_effect
+
+    why = kv_bits_no_effect(mlxmodels.load_model(FIXTURES / name))
+    if kind is None:
+        assert why is None
+    else:
+        assert why == f"this model has no full-attention KV cache to quantize, only {kind}" + (
+            " (a fixed size)" if kind == "recurrent state" else " (bounded by its window)")
+
+
+def test_orchard_run_notes_that_kv_bits_changes_nothing(capsys, tmp_path, default_model_dir):
+    from app.main import main
+    from helpers import TINY_LLAMA, make_tiny_model
+
+    config = dict(TINY_LLAMA, model_type="mistral", sliding_window=8)  # every layer has the window
+    tiny = make_tiny_model(tmp_path / "swa", config, tokenizer_from=default_model_dir)
+    code = main(["run", "-m", str(tiny), "--temp", "0", "--max-tokens", "2", "--kv-bits", "8", "-p", "hi"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "--kv-bits" in line]
+    assert code == 0
+    assert notes == ["orchard: note: --kv-bits 8 changes nothing: this model has no full-attention KV cache to "
+                     "quantize, only sliding-window attention (bounded by its window)"]

@@ -146,3 +146,34 @@ def test_catalog_families_are_supported():
     for name, family in named.items():
         assert family in FAMILIES, name
         family_module({"model_type": family})
+
+
+def test_checkpoint_dtype_is_the_bulk_of_the_weights_whatever_their_order():
+    """GGUF-like weights: float32 norms (a minority), float16 scales and embeddings, packed ints. The
+    first tensor's dtype must not decide; the config's declared dtype does when the weights hold it."""
+    from itertools import permutations
+
+    from mlxmodels.loading import checkpoint_dtype
+
+    weights = {"model.norm.weight": mx.ones((64,), mx.float32), "embed.weight": mx.zeros((256, 64), mx.float16),
+               "proj.scales": mx.zeros((64, 2), mx.float16), "proj.weight": mx.zeros((64, 8), mx.uint32)}
+    for order in permutations(weights):
+        assert checkpoint_dtype({}, {k: weights[k] for k in order}) == mx.float16
+    assert checkpoint_dtype({"torch_dtype": "float32"}, weights) == mx.float32  # declared and present
+    assert checkpoint_dtype({"dtype": "bfloat16"}, weights) == mx.float16  # declared, absent: stale
+    tie = {"a": mx.zeros((8,), mx.bfloat16), "b": mx.zeros((8,), mx.float16)}
+    assert checkpoint_dtype({}, tie) == checkpoint_dtype({}, dict(reversed(tie.items())))
+
+
+def test_a_float32_minority_first_in_the_file_does_not_set_the_checkpoint_dtype(tmp_path):
+    """Whichever tensor `mx.load` lists first (a hash order) is stored in float32, the rest float16."""
+    config = dict(TINY_LLAMA, vocab_size=256)
+    weights = {k: mx.random.normal(v.shape).astype(mx.float16) * 0.05
+               for k, v in tree_flatten(build_model(config).parameters())}
+    save_model_dir(tmp_path / "mixed", config, weights)
+    first = next(iter(mx.load(str(tmp_path / "mixed" / "model.safetensors"))))
+    weights[first] = weights[first].astype(mx.float32)
+    save_model_dir(tmp_path / "mixed", config, weights, overwrite=True)
+    assert next(iter(mx.load(str(tmp_path / "mixed" / "model.safetensors")))) == first
+    assert weights[first].size * 4 < sum(v.size for v in weights.values())  # a minority
+    assert mlxmodels.load_model(tmp_path / "mixed").info.checkpoint_dtype == "float16"

@@ -8,6 +8,7 @@ Hugging Face reference (`modeling_rope_utils`), which the parity fixtures check.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -146,7 +147,12 @@ class RoPE(nn.Module):
         call's), as the reference does: keys cached before the switch keep their short rotation."""
         return self._long_periods is not None and end > self.original_positions
 
-    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+    def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
+        """`offset`: the position of x's first token, or an array [B] of one per row (a batch of
+        sequences decoding together, each at its own position)."""
+        if isinstance(offset, mx.array) and (self.rope_type == "dynamic" or self._long_periods is not None):
+            # The rotation itself depends on each row's length here: row by row.
+            return mx.concatenate([self(x[i : i + 1], o) for i, o in enumerate(offset.tolist())])
         if self.rope_type != "dynamic" and cpu_math.enabled(x):
             return self._rotate_with_tables(x, offset)
         periods = self._long_periods if self._uses_long_factors(offset + x.shape[-2]) else self._periods
@@ -197,23 +203,33 @@ class RoPE(nn.Module):
         self._table_sets[long] = tables
         return tables
 
-    def _rotate_with_tables(self, x: mx.array, offset: int) -> mx.array:
+    def _rotate_with_tables(self, x: mx.array, offset: int | mx.array) -> mx.array:
         L = x.shape[-2]
-        cos, sin = self._tables(offset + L, self._uses_long_factors(offset + L))
-        cos, sin = cos[offset : offset + L], sin[offset : offset + L]
+        if isinstance(offset, mx.array):  # per-row positions: gather each row's [L, dims] slice
+            positions = offset[:, None] + mx.arange(L)
+            # tolist() reads the (evaluated) offsets; mx.max would wait for queued work to finish.
+            cos, sin = self._tables(max(offset.tolist()) + L)
+            cos, sin = cos[positions][:, None], sin[positions][:, None]  # [B, 1, L, dims]
+        else:
+            cos, sin = self._tables(offset + L, self._uses_long_factors(offset + L))
+            cos, sin = cos[offset : offset + L], sin[offset : offset + L]
         rotate = _rotate_pairs if self.traditional else _rotate_halves
         if self.dims == x.shape[-1]:
             return rotate(x, cos, sin)
         return mx.concatenate([rotate(x[..., : self.dims], cos, sin), x[..., self.dims :]], axis=-1)
 
 
-@mx.compile
 def _rotate_halves(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     half = x.shape[-1] // 2
-    return x * cos + mx.concatenate([x[..., half:], x[..., :half]], axis=-1) * sin
+    return _rotate(x, mx.concatenate([x[..., half:], x[..., :half]], axis=-1), cos, sin)
 
 
-@mx.compile
 def _rotate_pairs(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    swapped = x.reshape(*x.shape[:-1], -1, 2)[..., ::-1].reshape(x.shape)
+    return _rotate(x, x.reshape(*x.shape[:-1], -1, 2)[..., ::-1].reshape(x.shape), cos, sin)
+
+
+# Compiled shapeless, as cpu_math's functions: one trace for every length. The swaps above (slices
+# and a concatenation, which a compiled graph runs as separate ops anyway) cannot be traced shapeless.
+@partial(mx.compile, shapeless=True)
+def _rotate(x: mx.array, swapped: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     return x * cos + swapped * sin
