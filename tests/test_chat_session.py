@@ -293,7 +293,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "models"
 
 
 @pytest.mark.parametrize("name", ["llama3-v5", "mistral-swa", "gemma3-v5", "mamba", "mamba2", *hybrid_fixtures(),
-                                  "smollm3", "olmo2", "olmo3", "gpt_oss", "phi3", "gemma2", "llama4_text"])
+                                  "smollm3", "olmo2", "olmo3", "gpt_oss", "phi3", "gemma2", "llama4_text",
+                                  "deepseek_v2", "deepseek_v3_mtp", "glm4_moe"])
 def test_reuse_matches_fresh_prefill_on_every_cache_kind(name):
     """Tiny random-weight models of each cache kind (growing KV, sliding window, mixed, SSM state):
     every turn answered on the reused / trimmed / restored cache produces exactly the tokens a fresh

@@ -21,7 +21,7 @@ import pytest
 from conftest import FIXTURES, hybrid_fixtures
 
 import mlxmodels
-from mlxmodels.cache import KVCache, LatentKVCache, QuantizedKVCache, cache_state
+from mlxmodels.cache import KVCache, LatentKVCache, QuantizedKVCache, QuantizedLatentKVCache, cache_state
 from mlxmodels.config import read_config
 from mlxmodels.models import build_model
 
@@ -84,6 +84,8 @@ def with_head_dim_32(config: dict) -> dict:
     """The fixture's config with 32-wide attention heads (the quantized KV cache groups 32 features at
     least; the parity fixtures use 16): an explicit head_dim, or fewer heads of the hidden size."""
     config = dict(config)
+    if "kv_lora_rank" in config:  # MLA quantizes each token's latent + rope key as one row
+        config["kv_lora_rank"] = 64 - config.get("qk_rope_head_dim", 0)
     if "head_dim" in config:
         config["head_dim"] = 32
     else:
@@ -111,11 +113,10 @@ def test_kv_bits_quantize_attention_layers_only(name):
         if any(type(part) is KVCache for part in attention_parts(before)):
             holder = after if isinstance(after, QuantizedKVCache) else getattr(after, "attention", None)
             assert isinstance(holder, QuantizedKVCache), f"{name}: {type(after).__name__} kept a float KV cache"
-        else:  # recurrent states, and MLA's latent cache (already compressed), stay as they are
+        elif type(before) is LatentKVCache:  # MLA: the latent row is quantized instead
+            assert isinstance(after, QuantizedLatentKVCache), f"{name}: {type(after).__name__} kept a float latent"
+        else:  # recurrent states stay as they are
             assert type(after) is type(before)
-    if not any(isinstance(layer, QuantizedKVCache) or isinstance(getattr(layer, "attention", None),
-               QuantizedKVCache) for layer in quantized):
-        return  # nothing to quantize in this family (Kimi Linear: MLA latents only)
     expected = np.array(fill(model, plain, 40))
     got = np.array(fill(model, quantized, 40))
     scale = np.abs(expected).max()

@@ -16,6 +16,7 @@ reads packed through quantized matmuls.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -39,6 +40,25 @@ class MLASpec:
     rope: RoPE | None = None  # None: no positional encoding (Kimi Linear)
     bias: bool = False  # on q_a_proj, kv_a_proj_with_mqa and o_proj (the configs' `attention_bias`)
     norm_eps: float = 1e-6  # q_a_layernorm and kv_a_layernorm (the references' default, not rms_norm_eps)
+    # kv_a_proj_with_mqa and kv_b_proj as `FloatLinear`s, which conversion and loading leave in float:
+    # their errors reach every cached key and value (DeepSeek; see models/deepseek_v2.py).
+    float_latent_projections: bool = False
+
+
+class FloatLinear(nn.Module):
+    """A linear map (weight [outputs, inputs], optional bias) with no `to_quantized`, so
+    `nn.quantize` and loading's quantization predicate keep it in float."""
+
+    def __init__(self, input_dims: int, output_dims: int, bias: bool = False):
+        super().__init__()
+        scale = 1.0 / math.sqrt(input_dims)
+        self.weight = mx.random.uniform(-scale, scale, (output_dims, input_dims))
+        if bias:
+            self.bias = mx.zeros((output_dims,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = x @ self.weight.T
+        return y + self["bias"] if "bias" in self else y
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -55,9 +75,10 @@ class MultiHeadLatentAttention(nn.Module):
             self.q_a_proj = nn.Linear(s.hidden_size, s.q_lora_rank, bias=s.bias)
             self.q_a_layernorm = RMSNorm(s.q_lora_rank, s.norm_eps)
             self.q_b_proj = nn.Linear(s.q_lora_rank, q_width, bias=False)
-        self.kv_a_proj_with_mqa = nn.Linear(s.hidden_size, s.kv_lora_rank + s.qk_rope_head_dim, bias=s.bias)
+        latent_linear = FloatLinear if s.float_latent_projections else nn.Linear
+        self.kv_a_proj_with_mqa = latent_linear(s.hidden_size, s.kv_lora_rank + s.qk_rope_head_dim, bias=s.bias)
         self.kv_a_layernorm = RMSNorm(s.kv_lora_rank, s.norm_eps)
-        self.kv_b_proj = nn.Linear(s.kv_lora_rank, s.num_heads * (s.qk_nope_head_dim + s.v_head_dim), bias=False)
+        self.kv_b_proj = latent_linear(s.kv_lora_rank, s.num_heads * (s.qk_nope_head_dim + s.v_head_dim), bias=False)
         self.o_proj = nn.Linear(s.num_heads * s.v_head_dim, s.hidden_size, bias=s.bias)
 
     def __call__(self, x: mx.array, cache=None) -> mx.array:
@@ -88,9 +109,9 @@ class MultiHeadLatentAttention(nn.Module):
             mask = "causal" if L > 1 else None
 
         if L == 1 and quantized:
-            out = self._attend_absorbed_quantized(q_nope, q_rope, fetched, cache)
+            out = self._attend_absorbed_quantized(q_nope, q_rope, fetched, cache, mask)
         elif L == 1:
-            out = self._attend_absorbed(q_nope, q_rope, latents, rope_keys)
+            out = self._attend_absorbed(q_nope, q_rope, latents, rope_keys, mask)
         else:
             out = self._attend_expanded(q_nope, q_rope, latents, rope_keys, mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
@@ -107,16 +128,17 @@ class MultiHeadLatentAttention(nn.Module):
             return cpu_math.attention(q, k, v, self.scale, mask)
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
 
-    def _attend_absorbed(self, q_nope, q_rope, latents, rope_keys):
-        """Decode (one query, every cached position visible): attention in the latent space."""
+    def _attend_absorbed(self, q_nope, q_rope, latents, rope_keys, mask=None):
+        """Decode (one query, every cached position visible, or those `mask` [B, 1, 1, T] allows in a
+        batch of sequences): attention in the latent space."""
         w = self._expansion().astype(q_nope.dtype)  # [H, nope + v, kv_lora_rank]
         w_k, w_v = w[:, : self.nope], w[:, self.nope :]
         q_latent = q_nope @ w_k  # [B, H, 1, kv_lora_rank]
         scores = q_latent @ latents.swapaxes(-1, -2) + q_rope @ rope_keys.swapaxes(-1, -2)
-        weights = mx.softmax((scores * self.scale).astype(mx.float32), axis=-1).astype(q_nope.dtype)
+        weights = _softmax_visible(scores * self.scale, mask).astype(q_nope.dtype)
         return (weights @ latents) @ w_v.swapaxes(-1, -2)  # [B, H, 1, v_head_dim]
 
-    def _attend_absorbed_quantized(self, q_nope, q_rope, rows, cache):
+    def _attend_absorbed_quantized(self, q_nope, q_rope, rows, cache, mask=None):
         """Decode over a `QuantizedLatentKVCache`: the same latent-space attention, with the cached
         [latent | rope key] rows read packed by two quantized matmuls (scores against the rows, then
         the weighted sum of the rows, whose rope-key columns are dropped): nothing is dequantized."""
@@ -126,7 +148,9 @@ class MultiHeadLatentAttention(nn.Module):
         packed, scales, biases = (a[:, 0] for a in rows)  # [B, T, ...]: the one shared "head"
         settings = dict(group_size=cache.group_size, bits=cache.bits)
         scores = mx.quantized_matmul(q, packed, scales, biases, transpose=True, **settings)  # [B, H, T]
-        weights = mx.softmax((scores * self.scale).astype(mx.float32), axis=-1).astype(q_nope.dtype)
+        if mask is not None:
+            mask = mask[:, :, 0]  # [B, 1, T], as the scores
+        weights = _softmax_visible(scores * self.scale, mask).astype(q_nope.dtype)
         mixed = mx.quantized_matmul(weights, packed, scales, biases, transpose=False, **settings)
         return mixed[:, :, None, : self.kv_lora_rank] @ w_v.swapaxes(-1, -2)  # [B, H, 1, v_head_dim]
 
@@ -137,6 +161,15 @@ class MultiHeadLatentAttention(nn.Module):
         if "scales" in layer:
             w = mx.dequantize(w, layer["scales"], layer.get("biases"), layer.group_size, layer.bits, layer.mode)
         return w.reshape(self.num_heads, self.nope + self.v_dims, self.kv_lora_rank)
+
+
+def _softmax_visible(scores: mx.array, mask) -> mx.array:
+    """Softmax in float32 over the last axis, of the scores `mask` allows (None: all; "causal" never
+    reaches here, as decode has one query)."""
+    scores = scores.astype(mx.float32)
+    if isinstance(mask, mx.array):
+        scores = mx.where(mask, scores, -mx.inf)
+    return mx.softmax(scores, axis=-1)
 
 
 def join_split_kv_b(weights: dict, prefix: str, quantization: dict | None) -> dict:
