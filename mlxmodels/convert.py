@@ -213,13 +213,13 @@ class GGUFFileSource(Source):
     def base_bits(self) -> int | None:
         # The file's predominant quantized type names its level (a "Q4_1" file keeps, say, an 8-bit
         # embedding on purpose).
-        bits = {"Q2_K": 2, "Q3_K": 3, "Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 5, "Q5_1": 5, "Q5_K": 5,
-                "Q6_K": 6, "Q8_0": 8}
-        counts = {k: n for k, n in self.gguf.tensor_types().items() if k in bits}
-        return bits[max(counts, key=counts.get)] if counts else None
+        from mlxmodels.gguf_quants import NOMINAL_BITS
+
+        counts = {k: n for k, n in self.gguf.tensor_types().items() if k in NOMINAL_BITS}
+        return NOMINAL_BITS[max(counts, key=counts.get)] if counts else None
 
     def quant_layout(self, module: str, arrays: dict) -> tuple[int, int, str]:
-        # Q4_0 / Q4_1 / Q8_0: blocks of 32, 4 or 8 bits.
+        # Every GGUF type loads as MLX affine groups of 32 (gguf_quants): the words per group are the bits.
         w, s = arrays[f"{module}.weight"], arrays[f"{module}.scales"]
         return w.shape[-1] * 32 // (s.shape[-1] * 32), 32, "affine"
 

@@ -23,6 +23,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 # GGUF `tokenizer.ggml.pre` values whose vocabularies split digits one by one before byte-level BPE.
 _DIGIT_SPLITTERS = {"smollm", "starcoder", "refact", "codeshell", "command-r", "exaone", "minerva-7b"}
+# ... whose vocabularies use Qwen 2's split (GGUFs of Qwen2, Qwen2.5, Qwen3 and their MoE models).
+_QWEN2_SPLITTERS = ("qwen2", "deepseek-r1-qwen", "megrez")
 
 
 def has_tokenizer(model_dir: Path) -> bool:
@@ -56,9 +58,11 @@ def _byte_level_tokenizer(meta: dict):
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
         )
-    elif pre in ("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "dbrx", "falcon3"):
+    elif pre in ("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "dbrx", "falcon3", *_QWEN2_SPLITTERS):
+        # Qwen 2/3 split like Llama 3 but digits one at a time (llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2).
+        digits = r"\p{N}" if pre in _QWEN2_SPLITTERS else r"\p{N}{1,3}"
         split = (
-            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|" + digits +
             r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
         )
         tok.pre_tokenizer = pre_tokenizers.Sequence(

@@ -84,7 +84,8 @@ def test_gguf_errors(tmp_path, capsys):
     w.close()
     out = tmp_path / "out"
     message = _error(capsys, ["convert", str(bad_arch), "-o", str(out), "--no-eval"])
-    assert f"{bad_arch}: unsupported GGUF architecture 'falcon' (supported: llama, gemma3)" in message
+    assert (f"{bad_arch}: unsupported GGUF architecture 'falcon' "
+            "(supported: llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3)") in message
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x05" * 10)
     message = _error(capsys, ["convert", str(truncated), "-o", str(out), "--no-eval"])
