@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.options import add_model_option
+from app.options import add_model_option, add_speculative_options
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -59,6 +59,10 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=1, metavar="B",
                    help="decode B copies of the prompt at once; tokens/s count all B sequences (default 1)")
     p.add_argument("--prefill-step", type=int, default=512, help="prefill chunk size for every engine (default 512)")
+    p.add_argument("--prompt-file", type=Path, default=None, metavar="FILE",
+                   help="prompt text instead of the shipped one, as one user message through the chat template "
+                        "(tests may use up to its length)")
+    add_speculative_options(p)
     p.add_argument("--compare", default=None, metavar="ENGINE[,ENGINE]",
                    help="also run mlx-lm and/or llama.cpp (e.g. mlx-lm,llama.cpp) on the same tokens, "
                         "interleaved, and report Orchard's ratio to each")
@@ -73,9 +77,13 @@ def register(sub) -> None:
     p.add_argument("--store", type=Path, default=None, metavar="FILE",
                    help="results store file (default: <user data dir>/bench/results.jsonl; ORCHARD_DATA_DIR moves it)")
     p.set_defaults(handler=handle)
-    # `orchard bench report …`: an optional sub-subcommand, so plain `orchard bench -p …` still runs.
-    actions = p.add_subparsers(dest="bench_action", metavar="report")
+    # `orchard bench report …` and `orchard bench serve …`: optional sub-subcommands, so plain
+    # `orchard bench -p …` still runs.
+    actions = p.add_subparsers(dest="bench_action", metavar="{report,serve}")
     _add_report_parser(actions)
+    from app import serve_bench
+
+    serve_bench.register(actions)
 
 
 def _add_report_parser(actions) -> None:
@@ -129,7 +137,8 @@ def handle(args: argparse.Namespace) -> int:
                     synthetic=args.synthetic, bits=args.bits, group_size=args.group_size, compare=args.compare,
                     baseline_dtype=args.baseline_dtype, cpu_weights=args.cpu_weights,
                     prefill_step=args.prefill_step, batch=args.batch, layers=args.layers,
-                    overrides=parse_overrides(args.override), progress=_status)
+                    overrides=parse_overrides(args.override), progress=_status,
+                    speculative=_speculative(args), prompt_file=args.prompt_file)
     _status("")
     if not args.no_store:
         where = store.append(doc, args.store)
@@ -143,6 +152,21 @@ def handle(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(rep.markdown(doc))
     return 0
+
+
+def _speculative(args: argparse.Namespace):
+    """What `benchmark` calls with the loaded model to get the speculative decoder (None: plain)."""
+    from mlxmodels.errors import OrchardError
+
+    if args.draft is None and args.prompt_lookup is None and not args.mtp:
+        if args.num_draft is not None:
+            raise OrchardError("--num-draft needs --draft, --prompt-lookup or --mtp")
+        return None
+    if args.draft is not None and args.synthetic:
+        raise OrchardError("--draft needs the model's tokenizer to check the draft's; --synthetic models have none")
+    from app.options import speculative_from_args
+
+    return lambda model, tokenizer: speculative_from_args(args, model, tokenizer, progress=_status)
 
 
 def _check_writable(path: Path) -> None:

@@ -15,15 +15,16 @@ from app import bench as bench_command
 from app import chat as chat_command
 from app import convert as convert_command
 from app import run as run_command
+from app import serve as serve_command
 
-SUBCOMMANDS = [chat_command, run_command, convert_command, bench_command]
+SUBCOMMANDS = [chat_command, run_command, convert_command, bench_command, serve_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchard", description="Fast local LLMs on Apple Silicon (MLX): chat, run, convert, bench."
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS:
@@ -31,20 +32,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, worked out only when asked for: it loads MLX and the native kernel, and reads
+    ORCHARD_KERNELS (a bad value is then a one-line usage error, not a traceback)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version, MLX backend, BLAS and quantized matmul, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            text = _version()
+        except ValueError as e:
+            parser.error(str(e))
+        print(text)
+        parser.exit()
+
+
 def _version() -> str:
-    """Orchard's version plus what decides its speed: MLX version, backend and BLAS."""
+    """Orchard's version plus what decides its speed: MLX version, backend, BLAS and quantized matmul."""
     from importlib.metadata import PackageNotFoundError, version
 
     import mlx.core as mx
 
-    from metal_kernels import backend_name
+    from metal_kernels import backend_name, quantized
     from mlxmodels import blas
 
     try:
         ours = version("orchard")
     except PackageNotFoundError:
         ours = "unknown"
-    return f"orchard {ours} (mlx {mx.__version__}, {backend_name()} backend, BLAS: {blas.current().describe()})"
+    return (f"orchard {ours} (mlx {mx.__version__}, {backend_name()} backend, BLAS: {blas.current().describe()}, "
+            f"quantized matmul: {quantized.describe()})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,9 +97,10 @@ def _check_environment(kernel_mode) -> None:
     """Settings read deep inside the engine, checked up front so a typo is one clear line."""
     from mlxmodels.errors import OrchardError
 
+    from metal_kernels.cpu import thread_setting
     from mlxmodels.layers import cpu_math
 
-    for check in (kernel_mode, cpu_math.mode):  # ORCHARD_KERNELS, ORCHARD_CPU_MATH
+    for check in (kernel_mode, cpu_math.mode, thread_setting):  # ORCHARD_KERNELS, ORCHARD_CPU_MATH, ORCHARD_CPU_THREADS
         try:
             check()
         except ValueError as e:

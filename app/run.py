@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.options import add_model_option, add_sampling_options, sampling_from_args
+from app.options import (add_model_option, add_sampling_options, add_speculative_options, sampling_from_args,
+                         speculative_from_args)
 
 
 def register(sub) -> None:
@@ -19,8 +20,45 @@ def register(sub) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no stats on stderr")
     p.add_argument("--kv-bits", type=int, choices=(4, 8), default=None,
                    help="store the KV cache quantized to 4 or 8 bits (less memory for long contexts)")
+    shape = p.add_argument_group("structured output (the output is guaranteed to match)").add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", metavar="FILE|JSON", default=None,
+                       help="a JSON Schema, as a file or inline JSON: the output is JSON valid against it")
+    shape.add_argument("--json-object", action="store_true", help="the output is a JSON object (any keys)")
+    shape.add_argument("--regex", metavar="PATTERN", default=None, help="the whole output matches this regex")
+    shape.add_argument("--grammar", metavar="FILE", default=None,
+                       help="a Lark grammar (or GBNF, as llama.cpp writes it): the output is a sentence of it")
     add_sampling_options(p)
+    add_speculative_options(p)
     p.set_defaults(handler=handle)
+
+
+def _read_file(path: str, option: str) -> str:
+    from mlxmodels.errors import OrchardError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise OrchardError(f"{option} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+
+
+def constraint_from_args(args: argparse.Namespace):
+    """The structured-output constraint the flags ask for (checked now, before the model loads:
+    a bad schema, regex or grammar generates nothing), or None."""
+    from mlxmodels.constrain import Constraint
+
+    if args.json_schema is not None:
+        value = args.json_schema
+        if value.lstrip().startswith("{"):
+            return Constraint.json_schema(value, "--json-schema")
+        return Constraint.json_schema(_read_file(value, "--json-schema"), f"--json-schema {value}")
+    if args.json_object:
+        return Constraint.json_object("--json-object")
+    if args.regex is not None:
+        return Constraint.regex(args.regex, "--regex")
+    if args.grammar is not None:
+        return Constraint.grammar(_read_file(args.grammar, "--grammar"), f"--grammar {args.grammar}")
+    return None
 
 
 def _status(message: str) -> None:
@@ -74,9 +112,11 @@ def handle(args: argparse.Namespace) -> int:
         raise OrchardError("the prompt is empty")
     if args.max_tokens < 1:
         raise OrchardError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    constraint = constraint_from_args(args)
 
     model, tokenizer = load(args.model, progress=_status, cpu_weights=args.cpu_weights)
     sampling = sampling_from_args(args, generation_defaults(model.info.path) if model.info.path.is_dir() else {})
+    speculative = speculative_from_args(args, model, tokenizer, progress=_status)
 
     if args.no_chat_template:
         text = prompt if system is None else f"{system}\n\n{prompt}"
@@ -99,12 +139,16 @@ def handle(args: argparse.Namespace) -> int:
     for chunk in stream_generate(
         model, tokenizer, text, max_tokens=args.max_tokens, sampling=sampling, stop=args.stop,
         cache=make_cache(model, kv_bits=args.kv_bits), on_prefill_progress=_prefill_progress,
+        speculative=speculative, constraint=constraint,
     ):
         sys.stdout.write(chunk.text)
         sys.stdout.flush()
         stats = chunk.stats or stats
     sys.stdout.write("\n")
     sys.stdout.flush()
+    if constraint is not None and stats.finish_reason in ("length", "context"):
+        _status(f"orchard: warning: the output stopped at {stats.generation_tokens} tokens, before it was "
+                f"complete ({constraint.origin}); raise --max-tokens")
     if not args.quiet:
         if sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr)
@@ -121,4 +165,5 @@ def format_stats(s) -> str:
         f"first token: {s.ttft:.2f} s | "
         f"generation: {s.generation_tokens} tokens, {s.generation_tps:.1f} tok/s | "
         f"peak memory: {s.peak_memory_gb:.2f} GB | stop: {s.finish_reason}"
-    )
+    ) + (f" | speculative: {s.acceptance_rate:.0%} of {s.draft_tokens} guesses accepted, "
+         f"{s.tokens_per_pass:.2f} tokens per pass" if s.draft_tokens else "")

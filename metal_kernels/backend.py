@@ -1,5 +1,8 @@
-"""Which MLX backend runs our arrays, and the compute dtype that suits it."""
+"""Which MLX backend runs our arrays (what kernel dispatch keys on), and the ORCHARD_KERNELS switch.
 
+The compute-dtype policy built on it is the engine's (`mlxmodels.loading.compute_dtype_for`)."""
+
+import os
 from functools import lru_cache
 
 import mlx.core as mx
@@ -18,19 +21,17 @@ def backend_name() -> str:
     return "cpu"
 
 
-def compute_dtype_for(checkpoint_dtype: mx.Dtype) -> mx.Dtype:
-    """The dtype to compute in for a checkpoint stored as `checkpoint_dtype`.
-
-    GPUs keep the checkpoint's dtype (half-precision kernels are their fast path). MLX's CPU
-    backend is the opposite: its fp16/bf16 kernels are scalar fallbacks, ~40x slower than fp32 for
-    a 4-bit matvec, so on the CPU everything floating is computed in float32.
-    """
-    if backend_name() == "cpu":
-        return mx.float32
-    return checkpoint_dtype
-
-
 KERNEL_MODES = ("auto", "custom", "builtin", "emulate")
+_RAW_ENVIRON = getattr(os.environ, "_data", None) if os.name == "posix" else None
+
+
+def _environment(name: str, default: str) -> str:
+    """os.environ.get(name, default), without its cost for an unset variable (~3 us: it raises and
+    catches a KeyError), which the CPU backend's quantized matmuls would pay once each."""
+    if _RAW_ENVIRON is None:
+        return os.environ.get(name, default)
+    value = _RAW_ENVIRON.get(os.fsencode(name))  # os.environ stores encoded names and values here
+    return default if value is None else os.fsdecode(value)
 
 
 def kernel_mode() -> str:
@@ -38,9 +39,7 @@ def kernel_mode() -> str:
     A/B runs can switch it): 'auto' (default) uses a custom kernel where it is the better choice on
     the running GPU, 'custom' forces the custom kernels on a GPU, 'builtin' forces MLX's built-in
     ops, 'emulate' runs the custom kernels through the CPU emulator (small shapes only)."""
-    import os
-
-    mode = os.environ.get("ORCHARD_KERNELS", "auto").strip().lower() or "auto"
+    mode = _environment("ORCHARD_KERNELS", "auto").strip().lower() or "auto"
     if mode not in KERNEL_MODES:
         raise ValueError(f"ORCHARD_KERNELS={mode!r} is not one of {', '.join(KERNEL_MODES)}")
     return mode

@@ -105,3 +105,14 @@ def warm_up(model) -> None:
     cache = model.make_cache()
     mx.eval(model(mx.array([[0, 0]]), cache=cache))
     mx.eval(model(mx.array([[0]]), cache=cache))
+
+
+def release_thread() -> None:
+    """Free the MLX streams the calling thread created. MLX (0.32) leaves this to the program: a
+    thread that ran MLX work and ends without it makes the process abort at exit ("terminate
+    called without an active exception", exit 134). Call it last on every worker thread."""
+    import mlx.core as mx
+
+    clear = getattr(mx, "clear_streams", None)  # older MLX cleans up by itself
+    if clear is not None:
+        clear()

@@ -28,6 +28,7 @@ from mlxmodels.sampling import SamplingParams
 
 UNKNOWN = -1  # a token the cache holds whose id we do not know (never expected): never matches
 MAX_SNAPSHOTS = 4  # end-of-turn snapshots kept for caches that cannot rewind (bounded memory)
+SPECULATIVE_CHOICES = ("off", "lookup", "mtp", "draft")
 
 
 @dataclass
@@ -43,12 +44,21 @@ class ChatParams:
     top_k: int = 0
     max_tokens: int = 512
     seed: int | None = None
+    # Speculative decoding (mlxmodels/speculative.py): "off", "lookup" (prompt lookup, n-grams of up
+    # to 3 tokens), "mtp" (the model's multi-token-prediction heads) or "draft" (the session's draft
+    # model, from `orchard chat --draft`); `num_draft`: the most guesses per pass (0: the default).
+    speculative: str = "off"
+    num_draft: int = 0
 
     def validate(self) -> "ChatParams":
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise OrchardError(f"max tokens must be a whole number >= 1, got {self.max_tokens}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise OrchardError(f"seed must be a whole number >= 0 or empty, got {self.seed}")
+        if self.speculative not in SPECULATIVE_CHOICES:
+            raise OrchardError(f"speculative must be one of {', '.join(SPECULATIVE_CHOICES)}, got {self.speculative!r}")
+        if not isinstance(self.num_draft, int) or self.num_draft < 0:
+            raise OrchardError(f"draft tokens must be a whole number >= 0 (0: the default), got {self.num_draft}")
         self.sampling().validate()
         return self
 
@@ -90,6 +100,7 @@ class ChatSession:
     params: ChatParams = field(default_factory=ChatParams)
     messages: list[dict] = field(default_factory=list)  # {"role", "content"[, "stopped"]}, no system
     answer_reserve: int = 256  # context kept free for the answer when deciding what to drop
+    draft: object = None  # a `proposers.DraftModel` for params.speculative == "draft"
 
     def __post_init__(self):
         self.cache = self.model.make_cache()
@@ -199,6 +210,7 @@ class ChatSession:
     def _answer(self, should_stop: Callable[[], bool] | None = None,
                 on_prefill_progress: Callable[[int, int], None] | None = None) -> Iterator[GenerationChunk]:
         self.params.validate()
+        speculative = self._speculative()
         ids, newly_dropped = self._fit()
         reused, restored = self._rewind(ids)
         new_ids = ids[reused:]
@@ -225,6 +237,7 @@ class ChatSession:
                 self.model, self.tokenizer, new_ids, max_tokens=self.params.max_tokens,
                 sampling=self.params.sampling(), cache=self.cache, should_stop=should_stop,
                 on_prefill_progress=progress, prefix_ids=[t for t in self.cache_tokens if t != UNKNOWN],
+                speculative=speculative,
             ):
                 pieces.append(chunk.text)
                 stats = chunk.stats or stats
@@ -249,6 +262,20 @@ class ChatSession:
             answer["stopped"] = True
         self.messages.append(answer)
         self.last_turn = Turn(stats, reused, len(new_ids), newly_dropped, restored, stopped)
+
+    def _speculative(self):
+        """The speculative decoder params.speculative asks for (None: off). The draft model is the
+        session's own, so its cache carries over from turn to turn as the model's does."""
+        from mlxmodels.proposers import MTPHeads, PromptLookup
+        from mlxmodels.speculative import SpeculativeDecoder
+
+        kind = self.params.speculative
+        if kind == "off":
+            return None
+        if kind == "draft" and self.draft is None:
+            raise OrchardError("speculative 'draft' needs a draft model: start the chat with --draft MODEL")
+        proposer = {"lookup": PromptLookup, "mtp": lambda: MTPHeads(self.model), "draft": lambda: self.draft}[kind]()
+        return SpeculativeDecoder(proposer, self.params.num_draft or None)
 
     def _record(self, new_ids: list[int], stats: GenerationStats) -> None:
         """Update `cache_tokens` to what the cache really holds after a generation."""

@@ -34,6 +34,19 @@ class GenerationStats:
     finish_reason: str = ""  # "stop" (EOS), "stop_string", "length", "context", "cancelled"
     tokens: list = field(default_factory=list)  # the generated token ids
     stop_token: int | None = None  # the EOS id that ended it: fed to the cache, not in `tokens`
+    # Speculative decoding (mlxmodels/speculative.py): guesses checked, guesses kept, and the
+    # target passes that decided the tokens (plain decoding: one per token).
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    target_passes: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.generation_tokens / self.target_passes if self.target_passes else 1.0
 
 
 @dataclass
@@ -107,6 +120,26 @@ class _StopStrings:
         return out
 
 
+class TokenChooser:
+    """Picks each next token from the logits: the logits processors (which see the context so far),
+    then a grammar's mask, then the sampler. One per generation: it keeps the context the processors
+    need, growing it by each token it picks."""
+
+    def __init__(self, sampler: Callable, processors: list, history: mx.array | None):
+        self.sampler, self.processors = sampler, processors
+        self.history = history if processors else None
+
+    def __call__(self, logits: mx.array, mask: mx.array | None = None) -> mx.array:
+        for process in self.processors:
+            logits = process(self.history, logits)
+        if mask is not None:
+            logits = apply_token_mask(logits, mask)
+        token = self.sampler(logits)
+        if self.processors:
+            self.history = mx.concatenate([self.history, token])
+        return token
+
+
 def generate_tokens(
     model,
     prompt: mx.array,
@@ -123,22 +156,11 @@ def generate_tokens(
     `prior`: ids of tokens the cache already holds, before `prompt`; the logits processors see them
     as the start of the context (a repetition penalty looks back across the cached prefix).
     `matcher`: a `constrain.TokenMatcher`; only tokens its grammar allows are sampled."""
-    history = prompt if prior is None else mx.concatenate([prior, prompt])
+    choose = TokenChooser(sampler, processors, prompt if prior is None else mx.concatenate([prior, prompt]))
     remaining = prefill(model, prompt, cache, prefill_step, on_prefill_progress)
 
     def forward(inputs: mx.array) -> mx.array:
         return model(inputs[None], cache)[:, -1, :]
-
-    def choose(logits: mx.array, mask: mx.array | None = None) -> mx.array:
-        nonlocal history
-        for process in processors:
-            logits = process(history, logits)
-        if mask is not None:
-            logits = apply_token_mask(logits, mask)
-        token = sampler(logits)
-        if processors:
-            history = mx.concatenate([history, token])
-        return token
 
     if matcher is not None:
         yield from _constrained_decode(forward, choose, remaining, matcher)
@@ -186,6 +208,7 @@ def stream_generate(
     should_stop: Callable[[], bool] | None = None,
     prefix_ids: Sequence[int] = (),
     constraint=None,
+    speculative=None,
 ) -> Iterator[GenerationChunk]:
     """Generate a completion of `prompt` (text, or token ids) piece by piece.
 
@@ -194,7 +217,9 @@ def stream_generate(
     whole context, as it would had everything been one prompt. `should_stop` is polled between
     tokens (a UI's stop button). `constraint` (a `constrain.Constraint`, compiled or not, or a
     `TokenMatcher` already advanced over a forced prefix) limits the output to a JSON schema, regex
-    or grammar; an invalid one raises `ConstraintError` before any model work.
+    or grammar; an invalid one raises `ConstraintError` before any model work. `speculative` (a
+    `speculative.SpeculativeDecoder`) has a proposer guess tokens that the model verifies several
+    at a time: the same output, sooner.
     """
     sampling = (sampling or SamplingParams(temperature=0.0)).validate()
     matcher = _matcher_for(constraint, tokenizer)
@@ -228,10 +253,15 @@ def stream_generate(
     prior = list(prefix_ids)[-sampling.repetition_context:] if processors else []
 
     start = time.perf_counter()
-    tokens = generate_tokens(
-        model, mx.array(ids, dtype=mx.uint32), cache, make_sampler(sampling), processors, prefill_step,
-        on_prefill_progress, mx.array(prior, dtype=mx.uint32) if prior else None, matcher,
-    )
+    if speculative is None:
+        tokens = generate_tokens(
+            model, mx.array(ids, dtype=mx.uint32), cache, make_sampler(sampling), processors, prefill_step,
+            on_prefill_progress, mx.array(prior, dtype=mx.uint32) if prior else None, matcher,
+        )
+    else:
+        tokens = speculative.tokens(model, ids, cache, sampling, processors, stats, prefix_ids=prefix_ids,
+                                    prefill_step=prefill_step, on_prefill_progress=on_prefill_progress,
+                                    max_new=budget, matcher=matcher)
     first_at = None
     reason = "length"
     try:
@@ -271,6 +301,8 @@ def stream_generate(
         else:
             tail += stops.flush()
     stats.generation_tokens = len(stats.tokens)
+    if speculative is None:
+        stats.target_passes = stats.generation_tokens
     stats.finish_reason = reason
     prefill_time = stats.ttft
     stats.prompt_tps = stats.prompt_tokens / prefill_time if prefill_time > 0 else 0.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from metal_kernels import backend_name, compute_dtype_for
+from metal_kernels import backend_name
 from mlxmodels.config import read_config
 from mlxmodels.cpu_weights import apply_cpu_weight_policy, describe_policy, fp32_bytes
 from mlxmodels.errors import ConfigError, ModelNotFoundError
@@ -88,6 +88,18 @@ def apply_quantization(model: nn.Module, q: dict, weights: dict, checkpoint_name
 
 
 _CONFIG_DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+
+
+def compute_dtype_for(checkpoint_dtype: mx.Dtype) -> mx.Dtype:
+    """The dtype to compute in for a checkpoint stored as `checkpoint_dtype`.
+
+    GPUs keep the checkpoint's dtype (half-precision kernels are their fast path). MLX's CPU
+    backend is the opposite: its fp16/bf16 kernels are scalar fallbacks, ~40x slower than fp32 for
+    a 4-bit matvec, so on the CPU everything floating is computed in float32.
+    """
+    if backend_name() == "cpu":
+        return mx.float32
+    return checkpoint_dtype
 
 
 def checkpoint_dtype(config: dict, weights: dict) -> mx.Dtype:

@@ -43,26 +43,33 @@ def make_sampler(p: SamplingParams):
         return lambda logits: mx.argmax(logits, axis=-1)
 
     def sample(logits: mx.array) -> mx.array:
-        logits = logits.astype(mx.float32) / p.temperature
-        floor = mx.array(-math.inf, dtype=logits.dtype)
-        if p.top_k > 0 and p.top_k < logits.shape[-1]:
-            kth = mx.sort(logits, axis=-1)[..., -p.top_k][..., None]
-            logits = mx.where(logits < kth, floor, logits)
-        if p.min_p > 0:
-            threshold = logits.max(axis=-1, keepdims=True) + math.log(p.min_p)
-            logits = mx.where(logits < threshold, floor, logits)
-        if p.top_p < 1:
-            order = mx.argsort(-logits, axis=-1)
-            sorted_logits = mx.take_along_axis(logits, order, axis=-1)
-            probs = mx.softmax(sorted_logits, axis=-1)
-            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-            before = mx.cumsum(probs, axis=-1) - probs
-            sorted_logits = mx.where(before >= p.top_p, floor, sorted_logits)
-            inverse = mx.argsort(order, axis=-1)
-            logits = mx.take_along_axis(sorted_logits, inverse, axis=-1)
-        return mx.random.categorical(logits, axis=-1)
+        return mx.random.categorical(filtered_logits(logits, p), axis=-1)
 
     return sample
+
+
+def filtered_logits(logits: mx.array, p: SamplingParams) -> mx.array:
+    """The logits a temperature > 0 sampler draws from (temperature, top-k, min-p, top-p applied;
+    dropped tokens at -inf): their softmax is the sampled distribution, which speculative decoding's
+    rejection rule needs as such. Works row by row on [..., vocab]."""
+    logits = logits.astype(mx.float32) / p.temperature
+    floor = mx.array(-math.inf, dtype=logits.dtype)
+    if p.top_k > 0 and p.top_k < logits.shape[-1]:
+        kth = mx.sort(logits, axis=-1)[..., -p.top_k][..., None]
+        logits = mx.where(logits < kth, floor, logits)
+    if p.min_p > 0:
+        threshold = logits.max(axis=-1, keepdims=True) + math.log(p.min_p)
+        logits = mx.where(logits < threshold, floor, logits)
+    if p.top_p < 1:
+        order = mx.argsort(-logits, axis=-1)
+        sorted_logits = mx.take_along_axis(logits, order, axis=-1)
+        probs = mx.softmax(sorted_logits, axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        before = mx.cumsum(probs, axis=-1) - probs
+        sorted_logits = mx.where(before >= p.top_p, floor, sorted_logits)
+        inverse = mx.argsort(order, axis=-1)
+        logits = mx.take_along_axis(sorted_logits, inverse, axis=-1)
+    return logits
 
 
 def make_logits_processors(p: SamplingParams) -> list:
@@ -81,3 +88,23 @@ def make_logits_processors(p: SamplingParams) -> list:
         return logits
 
     return [repetition]
+
+
+def sample_rows(logits: mx.array, rows: list[SamplingParams], keys: list) -> mx.array:
+    """Token ids [B] for a batch of sequences decoding together: row i of `logits` [B, vocab] drawn
+    with rows[i]'s settings (greedy rows take the argmax, as `make_sampler` does), its randomness from
+    keys[i] (an `mx.random.key`: a seeded request draws the same whatever runs beside it) or, where
+    that is None, from MLX's global generator. Rows with the same settings are filtered together."""
+    tokens = mx.argmax(logits, axis=-1)
+    groups: dict = {}
+    for i, p in enumerate(rows):
+        if p.temperature > 0:
+            groups.setdefault((p.temperature, p.top_k, p.min_p, p.top_p), (p, []))[1].append(i)
+    vocab = logits.shape[-1]
+    for p, members in groups.values():
+        # Gumbel-max, which is how mx.random.categorical draws: argmax(logits + Gumbel noise).
+        noise = mx.stack([mx.random.gumbel((vocab,), key=keys[i]) if keys[i] is not None
+                          else mx.random.gumbel((vocab,)) for i in members])
+        index = mx.array(members, dtype=mx.int32)
+        tokens[index] = mx.argmax(filtered_logits(logits[index], p) + noise, axis=-1).astype(tokens.dtype)
+    return tokens

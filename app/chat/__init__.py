@@ -11,15 +11,32 @@ def register(sub) -> None:
     p = sub.add_parser("chat", help="chat with a model in the terminal (the default)", description=__doc__)
     add_model_option(p)
     p.add_argument("--system", default=None, metavar="TEXT", help="system prompt for new conversations")
+    p.add_argument("--draft", default=None, metavar="M",
+                   help="a draft model with the model's tokenizer, for the 'draft' speculative setting (Ctrl+S)")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="chat with the model an OpenAI-compatible server serves (e.g. `orchard serve`'s "
+                        "http://127.0.0.1:8080) instead of loading one here")
+    p.add_argument("--api-key", default=None, metavar="KEY", help="with --server: the server's API key")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from app.chat.app import ChatApp, default_loader
     from app.storage import Store
+    from mlxmodels.errors import OrchardError
 
+    if args.server is not None:
+        from app.chat.remote import remote_loader
+
+        if args.draft is not None:
+            raise OrchardError("--draft loads a model here; with --server the server does the generating")
+        loader = remote_loader(args.server, args.api_key)
+    elif args.api_key is not None:
+        raise OrchardError("--api-key goes with --server")
+    else:
+        loader = default_loader(args.cpu_weights)
     # Open the store first: a broken or too-new database is a one-line error, not a UI crash.
-    app = ChatApp(model=args.model, system_prompt=args.system, loader=default_loader(args.cpu_weights),
-                  store=Store())
+    app = ChatApp(model=args.model, system_prompt=args.system, loader=loader,
+                  store=Store(), draft=args.draft, cpu_weights=args.cpu_weights)
     app.run()
     return app.return_code or 0

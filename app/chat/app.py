@@ -31,6 +31,7 @@ from app.chat.widgets import (
     Sidebar,
     StatusBar,
     format_rate,
+    readable_tool_calls,
 )
 from app.storage import Conversation, Store, title_from
 from mlxmodels.chat_session import ChatParams, ChatSession
@@ -93,8 +94,12 @@ class ChatApp(App):
     BINDINGS = [Binding("f1,question_mark", "help", "Help", id="help")]
 
     def __init__(self, model: str | None = None, system_prompt: str | None = None, loader: Loader | None = None,
-                 store: Store | None = None, export_dir: Path | None = None):
+                 store: Store | None = None, export_dir: Path | None = None, draft: str | None = None,
+                 cpu_weights: str = "auto"):
         super().__init__()
+        self.draft_ref = draft  # a draft model for speculative decoding, loaded beside each model
+        self.draft = None
+        self.cpu_weights = cpu_weights  # the draft's CPU weights policy (the loader has the model's)
         self.loader = loader or default_loader()
         self.store = store or Store()
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
@@ -191,16 +196,35 @@ class ChatApp(App):
         self.model_ref = reference
         info = self.model.info
         self.status.set(model_name=Path(info.path).name, backend=BACKENDS.get(info.backend, info.backend))
+        await self.load_draft(progress)
         self.start_session()
         self.set_activity("ready")
+
+    async def load_draft(self, progress) -> None:
+        """The --draft model, checked against the model just loaded (its tokenizer must be the same);
+        a failure is shown and the chat goes on without it."""
+        self.draft = None
+        if self.draft_ref is None:
+            return
+        from mlxmodels.proposers import load_draft
+
+        self.set_activity(f"loading the draft model {self.draft_ref}…")
+        try:
+            self.draft = await self.bridge.call(load_draft, self.draft_ref, self.model, self.tokenizer,
+                                                self.cpu_weights, progress)
+        except Exception as e:
+            detail = str(e) if isinstance(e, OrchardError) else f"{type(e).__name__}: {e}"
+            self.show_error(f"draft model failed to load: {detail}")
 
     def start_session(self) -> None:
         conv = self.conversation
         if not conv.params:
             conv.params = self.model_defaults()
-        self.session = ChatSession(
+        # A model served elsewhere (`orchard chat --server`) brings its own kind of session.
+        session_class = getattr(self.model, "session_class", ChatSession)
+        self.session = session_class(
             self.model, self.tokenizer, system_prompt=conv.system_prompt,
-            params=ChatParams.from_dict(conv.params), messages=[dict(m) for m in conv.messages],
+            params=ChatParams.from_dict(conv.params), messages=[dict(m) for m in conv.messages], draft=self.draft,
         )
         self.update_context()
 
@@ -298,7 +322,7 @@ class ChatApp(App):
             self.generating = False
         content = "".join(pieces)
         view.content = content
-        await markdown.update(content)  # one full parse, so code blocks render completely
+        await markdown.update(readable_tool_calls(content))  # one full parse, so code blocks render completely
         turn = session.last_turn if error is None else None
         if error is not None:
             if not content:

@@ -27,10 +27,17 @@ class EngineBridge:
     def __init__(self):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchard-mlx")
         self.stop_event = threading.Event()
+        self._closing = False  # set by shutdown: jobs still queued then are skipped
 
     async def call(self, fn: Callable, *args):
         """Run `fn(*args)` on the MLX thread and await its result (exceptions propagate)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._unless_closing(fn), *args)
+
+    def _unless_closing(self, fn: Callable) -> Callable:
+        def run(*args):
+            return None if self._closing else fn(*args)
+
+        return run
 
     async def stream(self, start: Callable[..., Iterator]) -> AsyncIterator[StreamEvent]:
         """Events from `start(should_stop=..., on_prefill_progress=...)`, a generator run on the MLX thread.
@@ -53,7 +60,7 @@ class EngineBridge:
             except BaseException as e:  # delivered to the UI, which shows it; never lost in the thread
                 loop.call_soon_threadsafe(put, StreamEvent("error", error=e))
 
-        future = loop.run_in_executor(self._executor, work)
+        future = loop.run_in_executor(self._executor, self._unless_closing(work))
         while True:
             event = await queue.get()
             yield event
@@ -66,5 +73,9 @@ class EngineBridge:
 
     def shutdown(self) -> None:
         """Stop any generation and wait for the MLX thread to finish its current job."""
+        from mlxmodels.api import release_thread
+
+        self._closing = True
         self.stop_event.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor.submit(release_thread)  # after the current job: the thread's last MLX call
+        self._executor.shutdown(wait=True)

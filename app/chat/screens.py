@@ -23,7 +23,9 @@ class SettingsScreen(ModalScreen):
                 Binding("ctrl+s", "save", "Save", id="settings.save")]
 
     FIELDS = [("temperature", "Temperature", float), ("top_p", "Top-p", float), ("top_k", "Top-k", int),
-              ("max_tokens", "Max tokens", int), ("seed", "Seed (empty: random)", int)]
+              ("max_tokens", "Max tokens", int), ("seed", "Seed (empty: random)", int),
+              ("speculative", "Speculative decoding", str),  # off, lookup, mtp or draft
+              ("num_draft", "Max guesses (0: auto)", int)]
 
     def __init__(self, system_prompt: str, params: ChatParams):
         super().__init__()
@@ -37,7 +39,7 @@ class SettingsScreen(ModalScreen):
             yield TextArea(self.system_prompt, id="system", soft_wrap=True, tab_behavior="focus")
             for name, label, _ in self.FIELDS:
                 value = getattr(self.params, name)
-                with Horizontal(classes="field"):
+                with Horizontal(classes="field", id=f"{name}-row"):
                     yield Label(label)
                     yield Input("" if value is None else str(value), id=name, compact=True)
             yield Static("", id="error")

@@ -19,6 +19,30 @@ def code_blocks(markdown: str) -> list[str]:
     return [m.group(2) for m in _FENCE.finditer(markdown)]
 
 
+def readable_tool_calls(text: str) -> str:
+    """An answer with the tool calls a model wrote in its own format (Hermes <tool_call>, Llama 3
+    JSON, Mistral [TOOL_CALLS], harmony) shown as a heading and pretty-printed arguments; any other
+    answer as it is."""
+    import json
+
+    from mlxmodels.tools import parse_reply
+    from mlxmodels.tools.formats import FORMATS
+
+    for fmt in (cls() for cls in FORMATS.values()):
+        if fmt.find_start(text, True) is None:
+            continue
+        reply = parse_reply(fmt, text)
+        if not reply.tool_calls:
+            continue
+        parts = [reply.content.rstrip()] if reply.content.strip() else []
+        for call in reply.tool_calls:
+            arguments = call.arguments_object()
+            shown = call.arguments if arguments is None else json.dumps(arguments, indent=2, ensure_ascii=False)
+            parts.append(f"**Tool call** `{call.name}`\n\n```json\n{shown}\n```")
+        return "\n\n".join(parts)
+    return text
+
+
 class MessageView(Vertical, can_focus=True):
     """One message. Assistant text is Markdown (code blocks highlighted); user text is shown as typed."""
 
@@ -37,7 +61,7 @@ class MessageView(Vertical, can_focus=True):
     def compose(self):
         yield Label("You" if self.role == "user" else "Assistant", classes="role")
         if self.role == "assistant":
-            yield Markdown(self.content)
+            yield Markdown(readable_tool_calls(self.content))
         else:
             yield Static(Text(self.content), classes="body")
         yield Label("stopped", classes="stop-mark")
@@ -135,6 +159,8 @@ class StatusBar(Static):
                 f" · TTFT {format_seconds(s.ttft)} · {format_rate(s.generation_tps)}"
                 f" · {s.generation_tokens} tokens · {format_memory(s.peak_memory_gb)}"
             )
+            if s.draft_tokens:  # speculative decoding: what the guesses bought
+                text.append(f" · {s.acceptance_rate:.0%} guessed · {s.tokens_per_pass:.1f} tok/pass")
         if self.activity:
             text.append(f" · {self.activity}", style="bold red" if self.error else "italic")
         self.update(text)

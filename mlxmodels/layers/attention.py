@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from metal_kernels import quantized_decode_attention
 from mlxmodels.cache import window_mask
-from mlxmodels.layers import cpu_math
+from mlxmodels.layers import ops
 from mlxmodels.layers.norms import OffsetRMSNorm, RMSNorm, UnitRMSNorm
 from mlxmodels.layers.rope import RoPE
 
@@ -134,44 +133,23 @@ class Attention(nn.Module):
             out = out * mx.sigmoid(gate.reshape(B, L, -1))
         return self.o_proj(out)
 
-    def _temper(self, q: mx.array, offset: int) -> mx.array:
-        """Queries [B, H, L, D] at positions offset.. scaled by Llama 4's attention temperature (in
-        float32, as the reference computes the factors)."""
+    def _temper(self, q: mx.array, offset: int | mx.array) -> mx.array:
+        """Queries [B, H, L, D] at positions offset.. (an array [B]: per row) scaled by Llama 4's
+        attention temperature (in float32, as the reference computes the factors)."""
         floor_scale, attn_scale = self.query_temperature
-        positions = mx.arange(offset, offset + q.shape[2], dtype=mx.float32)
+        positions = mx.arange(q.shape[2], dtype=mx.float32)
+        if isinstance(offset, mx.array):
+            positions = (offset[:, None].astype(mx.float32) + positions)[:, None]  # [B, 1, L]
+        else:
+            positions = positions + offset
         scales = mx.log1p(mx.floor((positions + 1.0) / floor_scale)) * attn_scale + 1.0
-        return (q * scales[:, None]).astype(q.dtype)
+        return (q * scales[..., None]).astype(q.dtype)
 
     def _attend_quantized(self, q, k, v, mask, cache):
-        """Attention over a quantized KV cache: the kernel reads the packed keys and values directly.
-        Full-attention layers only (make_cache keeps sliding-window and chunked layers in float), so
-        the mask is plain causal, which is what the kernel applies."""
-        if self.logit_softcap is not None or "sinks" in self:  # not in the kernel: dequantize for _attend
-            k, v = (mx.dequantize(*t, group_size=cache.group_size, bits=cache.bits).astype(q.dtype) for t in (k, v))
-            return self._attend(q, k, v, mask)
-        return quantized_decode_attention(q, k, v, self.scale, group_size=cache.group_size, bits=cache.bits)
+        """Attention over a quantized KV cache (full-attention layers only: make_cache keeps
+        sliding-window and chunked layers in float, so the mask is plain causal or a batch's)."""
+        return ops.quantized_attention(q, k, v, self.scale, cache.bits, cache.group_size, mask,
+                                       self.logit_softcap, self.get("sinks"))
 
     def _attend(self, q, k, v, mask):
-        sinks = self.get("sinks")
-        if cpu_math.enabled(q):
-            return cpu_math.attention(q, k, v, self.scale, mask, self.logit_softcap, sinks)
-        if self.logit_softcap is None:
-            return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask, sinks=sinks)
-        # The fused kernel cannot soft-cap scores: do it by hand, grouping query heads per KV head.
-        B, H, L, D = q.shape
-        groups = H // k.shape[1]
-        q = q.reshape(B, k.shape[1], groups, L, D)
-        scores = (q * self.scale) @ mx.expand_dims(k, 2).swapaxes(-1, -2)
-        scores = mx.tanh(scores / self.logit_softcap) * self.logit_softcap
-        if isinstance(mask, str):
-            mask = window_mask(k.shape[2], L, k.shape[2], None)
-        if mask is not None:
-            scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
-        if sinks is not None:  # one more column per row for the sink, dropped after the softmax
-            sink = mx.broadcast_to(sinks.astype(scores.dtype).reshape(1, k.shape[1], groups, 1, 1),
-                                   (*scores.shape[:-1], 1))
-            scores = mx.concatenate([scores, sink], axis=-1)
-        weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
-        if sinks is not None:
-            weights = weights[..., :-1]
-        return (weights @ mx.expand_dims(v, 2)).reshape(B, H, L, D)
+        return ops.attention(q, k, v, self.scale, mask, self.logit_softcap, self.get("sinks"))

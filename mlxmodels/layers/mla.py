@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlxmodels.layers import cpu_math
+from mlxmodels.layers import ops
 from mlxmodels.layers.norms import RMSNorm
 from mlxmodels.layers.rope import RoPE
 
@@ -124,9 +124,7 @@ class MultiHeadLatentAttention(nn.Module):
         k_nope, v = mx.split(kv, [self.nope], axis=-1)
         k = mx.concatenate([k_nope, mx.broadcast_to(rope_keys, (B, H, T, self.rope_dims))], axis=-1)
         q = mx.concatenate([q_nope, q_rope], axis=-1)
-        if cpu_math.enabled(q):
-            return cpu_math.attention(q, k, v, self.scale, mask)
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return ops.attention(q, k, v, self.scale, mask)
 
     def _attend_absorbed(self, q_nope, q_rope, latents, rope_keys, mask=None):
         """Decode (one query, every cached position visible, or those `mask` [B, 1, 1, T] allows in a

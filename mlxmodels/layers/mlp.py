@@ -5,7 +5,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxmodels.errors import ConfigError
-from mlxmodels.layers import cpu_math
+from mlxmodels.layers import ops
 
 ACTIVATIONS = {
     "silu": nn.silu,
@@ -18,10 +18,6 @@ ACTIVATIONS = {
 }
 
 
-# act(gate) * up fused, for the CPU backend (see cpu_math): the same function, several times faster.
-_CPU_GATED = {"silu": "silu_mul", "swish": "silu_mul", "gelu_pytorch_tanh": "gelu_approx_mul", "gelu_tanh": "gelu_approx_mul"}
-
-
 def activation(name: str):
     if name not in ACTIVATIONS:
         raise ConfigError(f"unsupported activation '{name}' (supported: {', '.join(ACTIVATIONS)})")
@@ -30,14 +26,7 @@ def activation(name: str):
 
 def gated_activation(name: str):
     """The function (gate, up) -> act(gate) * up for activation `name`."""
-    act, fused = activation(name), _CPU_GATED.get(name)
-
-    def gated(gate: mx.array, up: mx.array) -> mx.array:
-        if fused is not None and cpu_math.enabled(gate):
-            return getattr(cpu_math, fused)(gate, up)
-        return act(gate) * up
-
-    return gated
+    return ops.gated(activation(name), name)
 
 
 def clamped_swiglu(limit: float, alpha: float):
@@ -47,8 +36,7 @@ def clamped_swiglu(limit: float, alpha: float):
     def gated(gate: mx.array, up: mx.array) -> mx.array:
         gate = mx.minimum(gate, limit)
         up = mx.clip(up, -limit, limit)
-        sigmoid = cpu_math.sigmoid if cpu_math.enabled(gate) else mx.sigmoid
-        return (up + 1.0) * (gate * sigmoid(alpha * gate))
+        return (up + 1.0) * (gate * ops.sigmoid(alpha * gate))
 
     return gated
 

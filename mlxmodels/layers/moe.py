@@ -41,6 +41,11 @@ from mlxmodels.layers.mlp import MLP, GatedMLP, activation, clamped_swiglu, gate
 # (decode: one token, k pairs) the unsorted gather reads the same few experts either way.
 SORT_THRESHOLD = 16
 
+# Per-expert projection names in checkpoints -> the stacked SwitchGLU's: Hugging Face's (most
+# families) and Mixtral's w1/w3/w2.
+HF_EXPERT_NAMES = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
+MIXTRAL_EXPERT_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+
 
 class Router(nn.Module):
     """A linear map that must stay in float: `weight` is [outputs, inputs], and a `bias` [outputs]

@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxmodels.errors import ConfigError
-from mlxmodels.layers import cpu_math
+from mlxmodels.layers import ops
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope", "frequency_factors")
 # "frequency_factors" is not a Hugging Face type: it is how GGUF files store Llama 3.1's scaling
@@ -153,8 +153,10 @@ class RoPE(nn.Module):
         if isinstance(offset, mx.array) and (self.rope_type == "dynamic" or self._long_periods is not None):
             # The rotation itself depends on each row's length here: row by row.
             return mx.concatenate([self(x[i : i + 1], o) for i, o in enumerate(offset.tolist())])
-        if self.rope_type != "dynamic" and cpu_math.enabled(x):
-            return self._rotate_with_tables(x, offset)
+        return ops.rotate(x, offset, self._rotate_fused,
+                          None if self.rope_type == "dynamic" else self._rotate_with_tables)
+
+    def _rotate_fused(self, x: mx.array, offset: int | mx.array) -> mx.array:
         periods = self._long_periods if self._uses_long_factors(offset + x.shape[-2]) else self._periods
         if self.magnitude != 1.0:  # YaRN and LongRoPE scale the rotated features (cos and sin) only
             if self.dims == x.shape[-1]:

@@ -43,12 +43,11 @@ from mlxmodels.config import ConfigReader, rope_parameters
 from mlxmodels.errors import ConfigError
 from mlxmodels.layers.mla import MLASpec, MultiHeadLatentAttention, join_split_kv_b
 from mlxmodels.layers.mlp import GatedMLP
-from mlxmodels.layers.moe import SparseMoE, dequantize_router, split_fused_experts, stack_experts
+from mlxmodels.layers.moe import HF_EXPERT_NAMES, SparseMoE, dequantize_router, split_fused_experts, stack_experts
 from mlxmodels.layers.mtp import MTPBlock
 from mlxmodels.layers.norms import RMSNorm
 from mlxmodels.layers.rope import RoPE
 from mlxmodels.layers.transformer import CausalLM, DecoderLayer, DecoderStack
-from mlxmodels.models.mixtral import HF_EXPERT_NAMES
 
 TOPK_METHODS = ("greedy", "group_limited_greedy")
 LATENT_PROJECTIONS = ("kv_a_proj_with_mqa", "kv_b_proj")

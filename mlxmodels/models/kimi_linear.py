@@ -39,10 +39,10 @@ from mlxmodels.errors import ConfigError
 from mlxmodels.layers.kimi_delta import KimiDeltaAttention
 from mlxmodels.layers.mla import MLASpec, MultiHeadLatentAttention
 from mlxmodels.layers.mlp import GatedMLP
-from mlxmodels.layers.moe import SparseMoE, dequantize_router, split_fused_experts, stack_experts
+from mlxmodels.layers.moe import (HF_EXPERT_NAMES, MIXTRAL_EXPERT_NAMES, SparseMoE, dequantize_router,
+                                  split_fused_experts, stack_experts)
 from mlxmodels.layers.norms import RMSNorm
 from mlxmodels.layers.transformer import CausalLM, DecoderLayer, DecoderStack
-from mlxmodels.models.mixtral import HF_EXPERT_NAMES, MIXTRAL_EXPERT_NAMES
 
 LAYER_KINDS = {"linear_attention": "kda", "full_attention": "mla"}
 MLP_KINDS = {"dense": False, "sparse": True}

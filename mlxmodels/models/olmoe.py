@@ -7,18 +7,18 @@ top-k weights renormalised only if `norm_topk_prob`.
 from __future__ import annotations
 
 from mlxmodels.config import ConfigReader
-from mlxmodels.models import llama, mixtral
-from mlxmodels.models.mixtral import Model, mlx_lm_renames  # noqa: F401 (used by export)
+from mlxmodels.models import llama
+from mlxmodels.models.moe_decoder import Model, MoEArgs, mlx_lm_renames, moe_fields  # noqa: F401 (export)
 
 
-class ModelArgs(mixtral.ModelArgs):
+class ModelArgs(MoEArgs):
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         base = llama.ModelArgs.from_config(config)
         clip = ConfigReader(config).get("clip_qkv", None, float)
         return cls(
             **vars(base),
-            **mixtral.moe_fields(config, base, norm_topk_default=False),
+            **moe_fields(config, base, norm_topk_default=False),
             qk_norm_full_width=True,
             clip_qkv=clip,
         )

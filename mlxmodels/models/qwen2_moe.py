@@ -13,17 +13,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mlxmodels.config import ConfigReader
-from mlxmodels.models import llama, mixtral
-from mlxmodels.models.mixtral import Model, mlx_lm_renames  # noqa: F401 (used by export)
+from mlxmodels.models import llama
+from mlxmodels.models.moe_decoder import Model, MoEArgs, mlx_lm_renames, moe_fields  # noqa: F401 (export)
 
 
-class ModelArgs(mixtral.ModelArgs):
+class ModelArgs(MoEArgs):
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         c = ConfigReader(config)
         base = llama.ModelArgs.from_config(config)
         base = replace(base, attention_bias=c.get("qkv_bias", True, bool), out_bias=False)
-        fields = mixtral.moe_fields(config, base, norm_topk_default=False)
+        fields = moe_fields(config, base, norm_topk_default=False)
         return cls(
             **vars(base),
             **fields,

@@ -6,16 +6,16 @@ The expert count is `num_experts` in transformers 4.x configs and `num_local_exp
 
 from __future__ import annotations
 
-from mlxmodels.models import llama, mixtral
-from mlxmodels.models.mixtral import Model, mlx_lm_renames  # noqa: F401 (used by export)
+from mlxmodels.models import llama
+from mlxmodels.models.moe_decoder import Model, MoEArgs, mlx_lm_renames, moe_fields  # noqa: F401 (export)
 
 
-class ModelArgs(mixtral.ModelArgs):
+class ModelArgs(MoEArgs):
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         base = llama.ModelArgs.from_config(config)
         base.qk_norm = True
-        return cls(**vars(base), **mixtral.moe_fields(config, base, norm_topk_default=False))
+        return cls(**vars(base), **moe_fields(config, base, norm_topk_default=False))
 
 
 __all__ = ["Model", "ModelArgs"]

@@ -32,14 +32,19 @@ from mlxmodels.errors import ConfigError
 from mlxmodels.layers.attention import Attention, AttentionSpec
 from mlxmodels.layers.gated_deltanet import GatedDeltaNet
 from mlxmodels.layers.mlp import GatedMLP
-from mlxmodels.layers.moe import SparseMoE, dequantize_router, split_fused_experts, stack_experts
+from mlxmodels.layers.moe import HF_EXPERT_NAMES, SparseMoE, dequantize_router, split_fused_experts, stack_experts
+from mlxmodels.layers.mtp import MTPBlock
 from mlxmodels.layers.norms import RMSNorm
 from mlxmodels.layers.rope import RoPE
 from mlxmodels.layers.ssm import depthwise_conv_weight
 from mlxmodels.layers.transformer import CausalLM, DecoderStack
-from mlxmodels.models.mixtral import HF_EXPERT_NAMES, mlx_lm_renames  # noqa: F401 (mlx_lm_renames: export)
+from mlxmodels.models.moe_decoder import mlx_lm_renames  # noqa: F401 (export)
 
 LAYER_KINDS = ("linear_attention", "full_attention")
+# Hugging Face's names of the multi-token-prediction layer's parts -> the layers/mtp.py block's.
+MTP_NAMES = (("mtp.layers.0.", "mtp.0."), ("mtp.fc.", "mtp.0.eh_proj."), ("mtp.pre_fc_norm_embedding.", "mtp.0.enorm."),
+             ("mtp.pre_fc_norm_hidden.", "mtp.0.hnorm."), ("mtp.norm.", "mtp.0.shared_head.norm."))
+MTP_NORMS = (".enorm.weight", ".hnorm.weight", ".shared_head.norm.weight")  # zero-centred as well
 # Norms whose Hugging Face weight w means a scale of 1 + w (see the module docstring).
 ZERO_CENTRED_NORMS = (".input_layernorm.weight", ".post_attention_layernorm.weight", ".self_attn.q_norm.weight",
                       ".self_attn.k_norm.weight")
@@ -78,11 +83,13 @@ class ModelArgs:
     shared_expert_intermediate_size: int = 0
     norm_topk_prob: bool = True
     quantization: dict = field(default_factory=dict)
+    mtp_layers: int = 0  # multi-token-prediction layers (`mtp.*`): the first is loaded, for speculation
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         c = ConfigReader(config)
         fields = hybrid_fields(config, fused_projections=True)
+        fields["mtp_layers"] = c.get("mtp_num_hidden_layers", c.get("num_nextn_predict_layers", 0, int), int)
         experts = c.get("num_experts", None, int)
         if experts is None:
             raise ConfigError(f"{c.source}: missing required field 'num_experts'")
@@ -243,6 +250,21 @@ class Model(CausalLM):
         )
         if not self.tie_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        # The checkpoint's multi-token-prediction layer, as a layers/mtp.py block: its fusion (`fc`,
+        # `pre_fc_norm_embedding`, `pre_fc_norm_hidden`) and final `norm` are DeepSeek's eh_proj, enorm,
+        # hnorm and shared_head.norm, around one gated-attention MoE layer (vLLM's qwen3_next_mtp.py).
+        # Only speculative decoding runs it (mlxmodels/proposers.py); `sanitize` drops it when the
+        # checkpoint has no `mtp.*` tensors (transformers and mlx-lm leave them out).
+        self.mtp = [
+            MTPBlock(self.make_mixer(args, "full_attention", rope), self.make_mlp(args, args.num_experts > 0),
+                     args.hidden_size, args.rms_norm_eps, embed=lambda ids: self.model.embed_tokens(ids),
+                     head=self.output, make_cache=KVCache)
+            for _ in range(min(args.mtp_layers, 1))
+        ]
+
+    def output(self, h: mx.array) -> mx.array:
+        """The output projection (tied embedding or LM head), shared with the MTP block."""
+        return self.model.embed_tokens.as_linear(h) if self.tie_embeddings else self.lm_head(h)
 
     @staticmethod
     def make_mixer(args: ModelArgs, kind: str, rope: RoPE) -> nn.Module:
@@ -272,9 +294,7 @@ class Model(CausalLM):
         return [SSMCache() if layer.is_linear else KVCache() for layer in self.layers]
 
     def sanitize(self, weights: dict) -> dict:
-        # Multi-token-prediction weights (`mtp.*`) serve speculative decoding, which will load them
-        # itself; the model proper does not use them.
-        weights = super().sanitize({k: v for k, v in weights.items() if not k.startswith("mtp.")})
+        weights = super().sanitize(self.take_mtp_block(weights))
         hugging_face_layout = any(
             k.endswith("conv1d.weight") and v.ndim == 3 and v.shape[1] == 1 and v.shape[2] != 1
             for k, v in weights.items()
@@ -284,20 +304,43 @@ class Model(CausalLM):
             name = name.replace(".switch_mlp.", ".experts.")  # mlx-lm's stacked experts
             if name.endswith("conv1d.weight"):
                 value = depthwise_conv_weight(value)
-            elif hugging_face_layout and (name.endswith(ZERO_CENTRED_NORMS) or name == "model.norm.weight"):
+            elif hugging_face_layout and (name.endswith(ZERO_CENTRED_NORMS) or name == "model.norm.weight"
+                                          or name.startswith("mtp.0.") and name.endswith(MTP_NORMS)):
                 value = value + 1.0
             out[name] = value
         q = self.args.quantization
-        for i, (kind, sparse) in enumerate(zip(self.args.layer_types, self.args.sparse_layers)):
+        for i, kind in enumerate(self.args.layer_types):
             if kind == "linear_attention":
                 for proj in ("in_proj_ba", "in_proj_b", "in_proj_a"):  # float here, quantized by mlx-lm
                     out = dequantize_router(out, f"model.layers.{i}.linear_attn.{proj}", q)
+        mtp = [(f"mtp.{k}.mlp", isinstance(block.mlp, SparseMoE)) for k, block in enumerate(self.mtp)]
+        for prefix, sparse in [(f"model.layers.{i}.mlp", s) for i, s in enumerate(self.args.sparse_layers)] + mtp:
             if sparse:
-                prefix = f"model.layers.{i}.mlp"
                 out = split_fused_experts(out, prefix)
                 out = stack_experts(out, prefix, self.args.num_experts, HF_EXPERT_NAMES)
                 for router in ("gate", "shared_expert_gate"):
                     out = dequantize_router(out, f"{prefix}.{router}", q)
+        return out
+
+    def take_mtp_block(self, weights: dict) -> dict:
+        """Hugging Face's `mtp.*` tensors under the block's names (`mtp.layers.0.*` -> `mtp.0.*`, `mtp.fc`
+        -> `mtp.0.eh_proj`, ...); further MTP layers are dropped, and so is the block when the
+        checkpoint has no MTP tensors at all (all of them when the config asks for no block, as
+        Qwen3.5's reading of it does). A converted checkpoint already uses the block's names."""
+        out, found = {}, False
+        for name, value in weights.items():
+            if not name.startswith("mtp."):
+                out[name] = value
+                continue
+            found = True
+            for theirs, ours in MTP_NAMES:
+                if name.startswith(theirs):
+                    name = ours + name[len(theirs):]
+                    break
+            if name.startswith("mtp.0.") and self.mtp:
+                out[name] = value
+        if not found:
+            self.mtp = []
         return out
 
 

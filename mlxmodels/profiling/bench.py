@@ -114,7 +114,11 @@ def _gguf_for(model_ref) -> Path:
 def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = None, bits: int = 4,
               group_size: int = 64, compare: str | list[str] | None = None, baseline_dtype: str = "float32",
               cpu_weights: str = "auto", prefill_step: int = 512, batch: int = 1, layers: int | None = None,
-              overrides: dict | None = None, progress: Callable[[str], None] = lambda s: None) -> dict:
+              overrides: dict | None = None, progress: Callable[[str], None] = lambda s: None,
+              speculative: Callable | None = None, prompt_file: Path | None = None) -> dict:
+    """`speculative(model, tokenizer)` -> a SpeculativeDecoder: Orchard speculates, and plain Orchard
+    runs interleaved as a baseline ("orchard plain"), so the ratios are the speed-up. `prompt_file`:
+    the prompt text instead of the shipped one, through the model's chat template."""
     if repetitions < 1:
         raise OrchardError(f"-r/--repetitions must be at least 1, got {repetitions}")
     if prefill_step < 1:
@@ -124,6 +128,10 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
     compare = parse_compare(compare)
     if batch > 1 and compare:
         raise OrchardError(f"--batch {batch} runs Orchard only; --compare measures single-sequence generation")
+    if batch > 1 and speculative is not None:
+        raise OrchardError(f"--batch {batch}: speculative decoding is measured on one sequence")
+    if synthetic and prompt_file is not None:
+        raise OrchardError("--prompt-file needs a model with a tokenizer; --synthetic models have none")
     _check_compare(compare, model_ref, synthetic)
     if synthetic:
         from mlxmodels.profiling.synthetic import preset_config
@@ -172,12 +180,26 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
     if limit and longest > limit:
         raise OrchardError(f"the longest test needs {longest} tokens of context; {name} has {limit}")
     vocab = model.info.config.get("vocab_size") or 32000
-    prompt = prompt_tokens(tokenizer, vocab, max(max(t.n_prompt for t in tests), 1), seed=0)
+    needed = max(max(t.n_prompt for t in tests), 1)
+    if prompt_file is None:
+        prompt = prompt_tokens(tokenizer, vocab, needed, seed=0)
+        prompt_name = "synthetic random ids" if tokenizer is None else "assets/bench_prompt.txt"
+    else:
+        prompt = _file_prompt(prompt_file, tokenizer)
+        prompt_name = f"{prompt_file} ({len(prompt)} tokens)"
+        if needed > len(prompt):
+            raise OrchardError(f"--prompt-file: {prompt_file} is {len(prompt)} tokens with the chat template; "
+                               f"the tests ask for {needed}")
     context = prompt_tokens(None, vocab, max(t.depth for t in tests), seed=1)  # depth filler: any tokens do
 
-    engines = [eng.OrchardEngine(model, prefill_step, batch)]
+    decoder = None if speculative is None else speculative(model, tokenizer)
+    engines = [eng.OrchardEngine(model, prefill_step, batch, decoder)]
     weight_bytes = [weight_bytes_per_token(model)]
     baseline_models = []
+    if decoder is not None:
+        engines.append(eng.OrchardEngine(model, prefill_step, batch, name="orchard plain"))
+        weight_bytes.append(weight_bytes[0])
+        baseline_models.append({"name": name, "weight_bytes_per_token": weight_bytes[0], "load_time_s": 0.0})
     for other_name in compare:
         t1 = time.perf_counter()
         if other_name == "mlx-lm":
@@ -208,10 +230,10 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
         "settings": {"repetitions": repetitions, "batch": batch, "warmup": True, "sampling": "greedy",
                      "prefill_step": prefill_step,
                      "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     "prompt": "synthetic random ids" if tokenizer is None else "assets/bench_prompt.txt"},
+                     "prompt": prompt_name},
         "results": rows[0],
     }
-    if compare:
+    if len(engines) > 1:
         doc["baselines"] = [
             {"engine": {"name": other.name, "label": other.label, **_baseline_versions(other.name)},
              "model": record, "results": theirs}
@@ -221,9 +243,25 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
     return doc
 
 
+def _file_prompt(path: Path, tokenizer) -> list[int]:
+    """The text of `path` as the prompt's ids: one user message through the chat template, if any."""
+    from mlxmodels.generate import encode_prompt
+    from mlxmodels.prompt import format_messages, has_chat_template
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OrchardError(f"--prompt-file: cannot read {path} ({e.strerror or e})") from None
+    if has_chat_template(tokenizer):
+        text = format_messages(tokenizer, [{"role": "user", "content": text}])
+    return encode_prompt(tokenizer, text)
+
+
 def _baseline_versions(name: str) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
+    if name == "orchard plain":
+        return {"version": engine_info().get("version")}
     package = {"mlx-lm": "mlx-lm", "llama.cpp": "llama-cpp-python"}[name]
     try:
         return {"version": version(package)}

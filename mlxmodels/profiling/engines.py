@@ -129,14 +129,17 @@ class _KvAverage:
 class OrchardEngine:
     """Orchard's own generation loop (`mlxmodels.generate.generate_tokens`, what stream_generate runs)."""
 
-    name = "orchard"
-
-    def __init__(self, model, prefill_step: int = 512, batch: int = 1):
-        self.model, self.prefill_step, self.batch = model, prefill_step, batch
+    def __init__(self, model, prefill_step: int = 512, batch: int = 1, speculative=None, name: str = "orchard"):
+        self.model, self.prefill_step, self.batch, self.name = model, prefill_step, batch, name
+        self.speculative = speculative  # a SpeculativeDecoder, or None for plain decoding
         self.label = f"orchard ({model.info.compute_dtype}, cpu-weights {model.info.cpu_weights})" \
             if model.info.backend == "cpu" else f"orchard ({model.info.compute_dtype})"
         if batch > 1:
             self.label += f", batch {batch}"
+        if speculative is not None:
+            self.label += f", speculative: {speculative.proposer.name}, up to {speculative.num_draft} guesses"
+        elif name != "orchard":
+            self.label += ", plain decoding"
 
     def _fill(self, cache, ids: list[int]) -> None:
         from mlxmodels.cache import cache_state
@@ -169,6 +172,15 @@ class OrchardEngine:
             token = following
 
     def run(self, test: Test, prompt: list[int], context: list[int]) -> dict:
+        from metal_kernels.quantized import calls
+
+        before = calls.copy()
+        sample = self._run(test, prompt, context)
+        # Which implementation multiplied the quantized weights (metal_kernels/quantized.py), how often.
+        sample["quantized_matmul"] = dict(calls - before)
+        return sample
+
+    def _run(self, test: Test, prompt: list[int], context: list[int]) -> dict:
         from mlxmodels.cache import cache_footprint, trim_cache
         from mlxmodels.generate import generate_tokens
 
@@ -180,7 +192,17 @@ class OrchardEngine:
         ids = prompt[: max(test.n_prompt, 1)]
         mx.reset_peak_memory()
         with RssSampler() as rss:
-            tokens = generate_tokens(self.model, mx.array(ids, dtype=mx.uint32), cache, _argmax, [], self.prefill_step)
+            if self.speculative is None:
+                tokens = generate_tokens(self.model, mx.array(ids, dtype=mx.uint32), cache, _argmax, [],
+                                         self.prefill_step)
+            else:
+                from mlxmodels.generate import GenerationStats
+                from mlxmodels.sampling import SamplingParams
+
+                self.speculative.proposer.forget()  # every repetition starts cold, as the target does
+                stats = GenerationStats()
+                tokens = self.speculative.tokens(self.model, ids, cache, SamplingParams(temperature=0.0), [], stats,
+                                                 prefill_step=self.prefill_step)
             kv = _KvAverage(cache)
             ttft, decode_s = _time_loop(tokens, test.n_gen, kv.start)
             tokens.close()
@@ -196,8 +218,13 @@ class OrchardEngine:
                     again = generate_tokens(self.model, mx.array(ids[-1:], dtype=mx.uint32), cache, _argmax, [])
                     cached, _ = _time_loop(again, 0)
                     again.close()
-        return {**_sample(test, len(ids), ttft, decode_s, cached, rss.peak, mx.get_peak_memory() / 1e9, kv),
-                "cache_bytes": footprint}
+        sample = {**_sample(test, len(ids), ttft, decode_s, cached, rss.peak, mx.get_peak_memory() / 1e9, kv),
+                  "cache_bytes": footprint}
+        if self.speculative is not None and test.n_gen:
+            # The first token and the n_gen after it, over the target passes that decided them.
+            sample.update(acceptance=stats.acceptance_rate if stats.draft_tokens else None,
+                          tokens_per_pass=(test.n_gen + 1) / stats.target_passes)
+        return sample
 
 
     def _run_batched(self, test: Test, prompt: list[int], context: list[int]) -> dict:

@@ -12,6 +12,7 @@ from mlxmodels.profiling.runner import FIGURES
 FIGURE_LABELS = {"ttft_ms": "TTFT ms", "ttft_cached_ms": "TTFT cached ms", "prefill_tps": "prefill t/s",
                  "decode_tps": "decode t/s"}
 METRICS = ("decode_tps", "prefill_tps", "ttft_ms", "ttft_cached_ms")
+KERNEL_LABELS = {"native": "native", "dequantize": "dequantize + GEMM", "mlx": "MLX quantized_matmul"}
 
 
 def fmt_stat(stat: dict | None, digits: int = 1) -> str:
@@ -96,6 +97,17 @@ def markdown(doc: dict) -> str:
         lines.append("")
         lines.append("Ratios: below 1x is better for TTFT, above 1x is better for tokens/s. With several "
                      "engines, repetitions rotate through them (A B C A B C …).")
+    for row in doc["results"]:
+        if row.get("tokens_per_pass"):
+            guessed = (f"{fmt_stat(row['acceptance'], 2)} of the guesses accepted" if row["acceptance"]
+                       else "nothing guessed")
+            lines.append(f"\nSpeculative decoding, {row['test']}: {guessed}, {fmt_stat(row['tokens_per_pass'], 2)} "
+                         "tokens per model pass.")
+    used = [(row["test"], row["quantized_matmul"]) for row in doc["results"] if row.get("quantized_matmul")]
+    if used:
+        lines.append("\nQuantized matmuls per run, by implementation (native: Orchard's CPU kernel): "
+                     + " · ".join(f"{test}: " + ", ".join(f"{KERNEL_LABELS.get(k, k)} {n:,}" for k, n in sorted(c.items()))
+                                  for test, c in used) + ".")
     return "\n".join(lines) + "\n"
 
 

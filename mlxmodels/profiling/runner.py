@@ -50,6 +50,10 @@ def _aggregate(test: Test, samples: list[dict], weight_bytes: int, bandwidth: fl
     row["peak_rss_gb"] = max(s["peak_rss_gb"] for s in samples)
     # The context cache at the end of the test (the same every repetition); Orchard's engine only.
     row["cache_bytes"] = samples[-1].get("cache_bytes")
+    row["quantized_matmul"] = samples[-1].get("quantized_matmul")  # Orchard's op layer choices, per run
+    if "tokens_per_pass" in samples[0]:  # speculative decoding (acceptance: None while nothing was guessed)
+        row["acceptance"] = summarize(s["acceptance"] for s in samples)
+        row["tokens_per_pass"] = summarize(s["tokens_per_pass"] for s in samples)
     if row["decode_tps"] is not None:
         kv = sum(s["kv_read_bytes"] for s in samples) / len(samples)
         # One decode step reads the weights once for the whole batch, plus every row's KV cache.

@@ -1,0 +1,34 @@
+// Python bindings. The module joins MLX's nanobind domain ("mlx"), so mx.array passes straight in.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
+
+#include "mlx/version.h"
+#include "primitive.h"
+#include "threads.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+#define ORCHARD_STR2(x) #x
+#define ORCHARD_STR(x) ORCHARD_STR2(x)
+
+NB_MODULE(_qmm, m) {
+  nb::module_::import_("mlx.core");  // registers mx.array, Stream and Device with the domain
+  m.doc() = "Orchard's native quantized matmul for MLX's CPU backend";
+
+  m.def("quantized_matmul", &orchard_qmm::quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a = nb::none(),
+        "transpose"_a = true, "group_size"_a = 64, "bits"_a = 4, nb::kw_only(), "stream"_a = nb::none(),
+        "x @ dequantize(w, scales, biases).T (activations as two int16 parts per value), like mx.quantized_matmul.");
+  m.def("dequantize", &orchard_qmm::dequantize, "w"_a, "scales"_a, "biases"_a = nb::none(), "group_size"_a = 64,
+        "bits"_a = 4, nb::kw_only(), "stream"_a = nb::none(), "dequantize(w, scales, biases) in float32.");
+  m.def("variants", &orchard_qmm::variant_names, "The instruction-set variants this CPU runs, best first.");
+  m.def("variant", &orchard_qmm::variant_name, "The variant in use.");
+  m.def("set_variant", &orchard_qmm::set_variant, "name"_a, "Use another supported variant (for tests).");
+  m.def("threads", [] { return orchard_qmm::ThreadPool::shared().size(); }, "Threads one matmul runs on.");
+  m.def("set_threads", [](int n) { orchard_qmm::ThreadPool::shared().resize(n); }, "threads"_a);
+  m.attr("mlx_version") = ORCHARD_STR(MLX_VERSION_MAJOR) "." ORCHARD_STR(MLX_VERSION_MINOR) "." ORCHARD_STR(
+      MLX_VERSION_PATCH);
+}

@@ -1,0 +1,100 @@
+"""The op layer: the few operations whose fastest form depends on the backend.
+
+Model layers (attention, MLA, RoPE, the MLPs) describe their math once and call these functions;
+each picks the implementation for the array it is given:
+
+- on the CPU backend with float32 arrays, Orchard's multiply-add forms (`cpu_math`: MLX's CPU
+  backend evaluates exp/sigmoid/tanh one element at a time and runs `mx.fast` attention as plain ops);
+- a quantized KV cache goes to the custom decode-attention kernel (`metal_kernels`), which reads
+  the packed keys and values directly;
+- everywhere else, MLX's fused ops (`mx.fast.*`).
+
+A new backend path plugs in here, as one more branch of the op it speeds up; no layer changes.
+`ORCHARD_CPU_MATH=mlx` and `ORCHARD_KERNELS=builtin` switch the custom paths off for A/B runs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import mlx.core as mx
+
+from metal_kernels import quantized_decode_attention
+from mlxmodels.cache import window_mask
+from mlxmodels.layers import cpu_math
+
+# Activations whose gated product `act(gate) * up` has a fused CPU form in cpu_math.
+_CPU_GATED = {"silu": "silu_mul", "swish": "silu_mul", "gelu_pytorch_tanh": "gelu_approx_mul",
+              "gelu_tanh": "gelu_approx_mul"}
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None, softcap: float | None = None,
+              sinks: mx.array | None = None) -> mx.array:
+    """Scaled dot-product attention, queries [B, H, L, D] over keys and values [B, H_kv, S, D]
+    (grouped-query when H_kv < H). `mask`: None, "causal", or a boolean/additive array that
+    broadcasts to the scores (a batch's per-row [B, 1, L, S] included); `softcap`: Gemma 2's tanh
+    cap on the scores; `sinks`: gpt-oss's per-head sink logits."""
+    if cpu_math.enabled(q):
+        return cpu_math.attention(q, k, v, scale, mask, softcap, sinks)
+    if softcap is None:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
+    return _softcapped_attention(q, k, v, scale, mask, softcap, sinks)
+
+
+def _softcapped_attention(q, k, v, scale, mask, softcap, sinks):
+    """The fused kernel cannot soft-cap scores: by hand, grouping query heads per KV head."""
+    B, H, L, D = q.shape
+    groups = H // k.shape[1]
+    q = q.reshape(B, k.shape[1], groups, L, D)
+    scores = (q * scale) @ mx.expand_dims(k, 2).swapaxes(-1, -2)
+    scores = mx.tanh(scores / softcap) * softcap
+    if isinstance(mask, str):
+        mask = window_mask(k.shape[2], L, k.shape[2], None)
+    if mask is not None:
+        if mask.ndim == 4:  # per row [B, 1, L, S] (a batch): under the groups axis too
+            mask = mask[:, :, None]
+        scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+    if sinks is not None:  # one more column per row for the sink, dropped after the softmax
+        sink = mx.broadcast_to(sinks.astype(scores.dtype).reshape(1, k.shape[1], groups, 1, 1),
+                               (*scores.shape[:-1], 1))
+        scores = mx.concatenate([scores, sink], axis=-1)
+    weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
+    if sinks is not None:
+        weights = weights[..., :-1]
+    return (weights @ mx.expand_dims(v, 2)).reshape(B, H, L, D)
+
+
+def quantized_attention(q: mx.array, k: tuple, v: tuple, scale: float, bits: int, group_size: int, mask=None,
+                        softcap: float | None = None, sinks: mx.array | None = None) -> mx.array:
+    """`attention` over a quantized KV cache ((packed, scales, biases) keys and values). The kernel
+    applies a plain causal mask and neither soft-capping nor sinks; other cases (a batch's padding
+    mask among them) dequantize first."""
+    if softcap is not None or sinks is not None or isinstance(mask, mx.array):
+        k, v = (mx.dequantize(*t, group_size=group_size, bits=bits).astype(q.dtype) for t in (k, v))
+        return attention(q, k, v, scale, mask, softcap, sinks)
+    return quantized_decode_attention(q, k, v, scale, group_size=group_size, bits=bits)
+
+
+def gated(act: Callable, name: str) -> Callable:
+    """(gate, up) -> act(gate) * up, fused into one loop on the CPU where `name` has a fused form."""
+    fused = _CPU_GATED.get(name)
+
+    def product(gate: mx.array, up: mx.array) -> mx.array:
+        if fused is not None and cpu_math.enabled(gate):
+            return getattr(cpu_math, fused)(gate, up)
+        return act(gate) * up
+
+    return product
+
+
+def sigmoid(x: mx.array) -> mx.array:
+    return cpu_math.sigmoid(x) if cpu_math.enabled(x) else mx.sigmoid(x)
+
+
+def rotate(x: mx.array, offset, fused: Callable, tables: Callable | None) -> mx.array:
+    """A rotary embedding: `tables(x, offset)` (cos/sin tables and multiply-adds) on the CPU, where
+    `mx.fast.rope` runs as plain ops with per-element cos and sin; else `fused(x, offset)`. `tables`
+    is None where a variant has no table form (dynamic NTK: its base changes with the length)."""
+    if tables is not None and cpu_math.enabled(x):
+        return tables(x, offset)
+    return fused(x, offset)
