@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from app.options import add_model_option, add_speculative_options
+from app import ranks
+from app.options import add_distributed_options, add_model_option, add_speculative_options
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -73,6 +74,7 @@ def register(sub) -> None:
     fmt.add_argument("--json", action="store_true", help="print one JSON document")
     fmt.add_argument("--jsonl", action="store_true", help="print the run as one JSON line")
     fmt.add_argument("--csv", action="store_true", help="print CSV, one line per engine and test")
+    add_distributed_options(p)
     p.add_argument("--no-store", action="store_true", help="do not append this run to the local results store")
     p.add_argument("--store", type=Path, default=None, metavar="FILE",
                    help="results store file (default: <user data dir>/bench/results.jsonl; ORCHARD_DATA_DIR moves it)")
@@ -130,6 +132,9 @@ def handle(args: argparse.Namespace) -> int:
         pairs.append((values[0], values[1]))
     if args.store is not None and args.no_store:
         raise OrchardError("--store and --no-store exclude each other")
+    loaded, loader = _distributed_loader(args)
+    if ranks.is_follower():
+        args.no_store = True  # rank 0 stores and prints the run
     if not args.no_store:
         _check_writable(args.store or store.results_path())
 
@@ -138,7 +143,13 @@ def handle(args: argparse.Namespace) -> int:
                     baseline_dtype=args.baseline_dtype, cpu_weights=args.cpu_weights,
                     prefill_step=args.prefill_step, batch=args.batch, layers=args.layers,
                     overrides=parse_overrides(args.override), progress=_status,
-                    speculative=_speculative(args), prompt_file=args.prompt_file)
+                    speculative=_speculative(args), prompt_file=args.prompt_file, loader=loader)
+    if loaded:
+        from mlxmodels.distributed.report import rank_report
+
+        doc["distributed"] = rank_report(loaded[0])
+    if ranks.is_follower():
+        return 0
     _status("")
     if not args.no_store:
         where = store.append(doc, args.store)
@@ -151,7 +162,32 @@ def handle(args: argparse.Namespace) -> int:
         sys.stdout.write(rep.to_csv(doc))
     else:
         sys.stdout.write(rep.markdown(doc))
+        if "distributed" in doc:
+            from mlxmodels.distributed.report import format_report
+
+            tg = [r["decode_tps"]["mean"] for r in doc["results"] if r.get("decode_tps")]
+            sys.stdout.write(format_report(doc["distributed"], tg[0] if tg else None))
     return 0
+
+
+def _distributed_loader(args: argparse.Namespace):
+    """([model] once loaded, the loader `benchmark` calls) over several ranks; ([], None) alone."""
+    from mlxmodels.errors import OrchardError
+
+    if ranks.GROUP is None:
+        return [], None
+    for flag, given in (("--synthetic", args.synthetic), ("--compare", args.compare),
+                        ("--batch", args.batch != 1)):
+        if given:
+            raise OrchardError(f"{flag} does not run over several ranks")
+    ranks.check_speculative(args)
+    loaded = []
+
+    def loader(path):
+        loaded.append(ranks.load_model(args, path))
+        return loaded[0]
+
+    return loaded, loader
 
 
 def _speculative(args: argparse.Namespace):

@@ -76,13 +76,29 @@ def main(argv: list[str] | None = None) -> int:
     from metal_kernels import kernel_mode
     from mlxmodels.errors import OrchardError
 
+    from app import ranks
+
     try:
         _check_environment(kernel_mode)
+        # --ranks N: this process only starts the N ranks (each one runs this command again).
+        launched = ranks.maybe_launch(args, sys.argv[1:] if argv is None else argv)
+        if launched is not None:
+            return launched
+        ranks.join(args)
         return args.handler(args) or 0
     except OrchardError as e:
         if args.debug:
             raise
         print(f"orchard: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        # A rank of a distributed job died or became unreachable: one line, not a traceback.
+        from mlxmodels.distributed.launch import peer_failure
+
+        failure = peer_failure(e)
+        if failure is None or args.debug:
+            raise
+        print(f"orchard: error: {failure}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         print("\norchard: interrupted", file=sys.stderr)

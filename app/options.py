@@ -25,6 +25,12 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_distributed_options(parser: argparse.ArgumentParser) -> None:
+    from app.ranks import add_options
+
+    add_options(parser)
+
+
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sampling (defaults: the model's generation_config.json, else greedy)")
     g.add_argument("--temp", type=float, default=None, help="temperature; 0 is greedy")

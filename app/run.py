@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.options import (add_model_option, add_sampling_options, add_speculative_options, sampling_from_args,
-                         speculative_from_args)
+from app import ranks
+from app.options import (add_distributed_options, add_model_option, add_sampling_options, add_speculative_options,
+                         sampling_from_args, speculative_from_args)
 
 
 def register(sub) -> None:
@@ -29,6 +30,7 @@ def register(sub) -> None:
                        help="a Lark grammar (or GBNF, as llama.cpp writes it): the output is a sentence of it")
     add_sampling_options(p)
     add_speculative_options(p)
+    add_distributed_options(p)
     p.set_defaults(handler=handle)
 
 
@@ -102,7 +104,7 @@ def _prefill_progress(done: int, total: int) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from mlxmodels import load, make_cache, stream_generate
+    from mlxmodels import make_cache, stream_generate
     from mlxmodels.errors import OrchardError
     from mlxmodels.prompt import format_messages, generation_defaults, has_chat_template
 
@@ -114,7 +116,8 @@ def handle(args: argparse.Namespace) -> int:
         raise OrchardError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     constraint = constraint_from_args(args)
 
-    model, tokenizer = load(args.model, progress=_status, cpu_weights=args.cpu_weights)
+    ranks.check_speculative(args)
+    model, tokenizer = ranks.load(args, progress=_status)
     sampling = sampling_from_args(args, generation_defaults(model.info.path) if model.info.path.is_dir() else {})
     speculative = speculative_from_args(args, model, tokenizer, progress=_status)
 
@@ -156,6 +159,9 @@ def handle(args: argparse.Namespace) -> int:
         note = model.info.describe_cpu_weights()
         if note:
             _status(f"weights: {note}")
+        split = getattr(model, "distributed", None)
+        if split is not None:
+            _status(f"distributed: {split.group.size} ranks, {split.parallel} parallel (docs/distributed.md)")
     return 0
 
 

@@ -6,6 +6,12 @@ Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (stre
 GET /health. One scheduler thread owns the model: requests join and leave the running batch between
 decode steps, and prompts that share a prefix with earlier ones reuse its cache. SIGTERM (or Ctrl+C)
 stops taking requests, finishes the running ones, then exits.
+
+Speculative decoding: --prompt-lookup N, --draft M or --mtp [--num-draft K] make every request
+speculate (the answer is the same, several tokens per model pass when guesses are right); a request
+turns it off with "speculative": false, on with true, or sets its most guesses with
+{"num_draft": K}. OpenAI's "prediction" (Predicted Outputs) adds its text to what prompt lookup
+matches. usage.completion_tokens_details counts the guesses kept and rejected.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import socket
 import sys
 from pathlib import Path
 
-from app.options import add_model_option
+from app import ranks
+from app.options import add_distributed_options, add_model_option, add_speculative_options, speculative_from_args
 
+SPECULATE_UP_TO = 1  # measured in docs/performance.md ("Speculation in serve")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -59,7 +67,13 @@ def register(sub) -> None:
                    help="largest request body accepted (413 beyond; default 2MiB)")
     p.add_argument("--kv-bits", type=int, choices=(4, 8), default=None,
                    help="store the KV cache quantized to 4 or 8 bits (less memory per request)")
+    add_speculative_options(p)
+    p.add_argument("--speculate-up-to", type=int, default=SPECULATE_UP_TO, metavar="R",
+                   help="requests speculate only while at most R run in the batch (default "
+                        f"{SPECULATE_UP_TO}: on the CPU backend batched guesses pay only when most requests repeat "
+                        "their input; raise it for such traffic)")
     p.add_argument("--quiet", "-q", action="store_true", help="no log line per request")
+    add_distributed_options(p)
     p.set_defaults(handler=handle)
 
 
@@ -79,7 +93,8 @@ def model_name(reference: str | None, model) -> str:
 def handle(args: argparse.Namespace) -> int:
     from mlxmodels.errors import OrchardError
 
-    for flag, value in (("--max-concurrency", args.max_concurrency), ("--prefill-step", args.prefill_step)):
+    for flag, value in (("--max-concurrency", args.max_concurrency), ("--prefill-step", args.prefill_step),
+                        ("--speculate-up-to", args.speculate_up_to)):
         if value < 1:
             raise OrchardError(f"{flag} must be at least 1, got {value}")
     if args.max_queue is not None and args.max_queue < 0:
@@ -88,27 +103,25 @@ def handle(args: argparse.Namespace) -> int:
         raise OrchardError(f"--port must be in 0..65535, got {args.port}")
     cache_bytes = parse_bytes(args.prompt_cache_bytes)
     body_bytes = parse_bytes(args.max_request_bytes)
+    ranks.check_speculative(args)
+    if ranks.is_follower():  # rank 0 serves; this rank runs the same scheduler steps
+        model, tokenizer = ranks.load(args)
+        _scheduler(args, model, tokenizer, cache_bytes).follow()
+        return 0
     sock = _listen(args.host, args.port)  # before loading: a taken port fails in a second, not a minute
 
     import uvicorn
 
     from app.serve_api import create_app
     from app.serve_engine import ServeEngine
-    from mlxmodels import load, make_cache
-    from mlxmodels.prefix_cache import PrefixCache
     from mlxmodels.prompt import generation_defaults
-    from mlxmodels.scheduler import Scheduler
 
-    model, tokenizer = load(args.model, progress=_status, cpu_weights=args.cpu_weights)
+    model, tokenizer = ranks.load(args, progress=_status)
     defaults = generation_defaults(model.info.path) if model.info.path.is_dir() else {}
-    scheduler = Scheduler(
-        model, tokenizer, max_batch=args.max_concurrency,
-        max_queue=4 * args.max_concurrency if args.max_queue is None else args.max_queue,
-        prefill_step=args.prefill_step, prefix_cache=PrefixCache(cache_bytes) if cache_bytes else None,
-        make_cache=lambda: make_cache(model, kv_bits=args.kv_bits),
-    )
+    speculative = speculative_from_args(args, model, tokenizer, progress=_status)
+    scheduler = _scheduler(args, model, tokenizer, cache_bytes)
     name = args.model_name or model_name(args.model, model)
-    engine = ServeEngine(model, tokenizer, scheduler, name, defaults)
+    engine = ServeEngine(model, tokenizer, scheduler, name, defaults, speculative)
     app = create_app(engine, api_key=args.api_key, max_body_bytes=body_bytes,
                      on_shutdown=scheduler.stop)
     scheduler.start()
@@ -129,6 +142,25 @@ def handle(args: argparse.Namespace) -> int:
     server.run(sockets=[sock])
     _status("orchard serve: stopped")
     return 0
+
+
+def _scheduler(args: argparse.Namespace, model, tokenizer, cache_bytes: int):
+    """The scheduler the flags ask for; over several ranks, one that runs in step on every rank."""
+    from mlxmodels import make_cache
+    from mlxmodels.prefix_cache import PrefixCache
+    from mlxmodels.scheduler import Scheduler
+
+    settings = dict(
+        max_batch=args.max_concurrency,
+        max_queue=4 * args.max_concurrency if args.max_queue is None else args.max_queue,
+        prefill_step=args.prefill_step, prefix_cache=PrefixCache(cache_bytes) if cache_bytes else None,
+        make_cache=lambda: make_cache(model, kv_bits=args.kv_bits), speculate_up_to=args.speculate_up_to,
+    )
+    if ranks.GROUP is None:
+        return Scheduler(model, tokenizer, **settings)
+    from mlxmodels.distributed.serving import LockstepScheduler
+
+    return LockstepScheduler(model, tokenizer, ranks.GROUP, **settings)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -20,6 +20,9 @@ FALLBACK_CONTEXT = 32768
 # Message ends used as prefix-cache snapshot points: the first message (a system prompt many
 # conversations share) and the last few (where the next turn of this conversation resumes).
 BOUNDARY_MESSAGES = 4
+# The n-gram size of prompt lookup for requests that ask for speculation (or give a prediction)
+# on a server started without --prompt-lookup N.
+LOOKUP_NGRAM = 3
 
 
 class RequestError(Exception):
@@ -50,10 +53,14 @@ def _message(m) -> dict:
 
 
 class ServeEngine:
-    def __init__(self, model, tokenizer, scheduler: Scheduler, name: str, sampling_defaults: dict):
+    def __init__(self, model, tokenizer, scheduler: Scheduler, name: str, sampling_defaults: dict,
+                 speculative=None):
         self.model, self.tokenizer, self.scheduler = model, tokenizer, scheduler
         self.name = name
         self.sampling_defaults = sampling_defaults
+        # The server's `SpeculativeDecoder` (--draft / --prompt-lookup / --mtp): each request that
+        # speculates gets a fork of its proposer.
+        self.speculative = speculative
         self.context = context_length(model) or FALLBACK_CONTEXT
 
     # -- preparing requests (blocking: run them off the event loop) --------------------------------
@@ -183,7 +190,34 @@ class ServeEngine:
         except Exception as e:
             raise RequestError(str(e)) from None
         request = Request(ids, limit, sampling, body.stop_strings(), body.logprob_count(), boundaries)
+        request.speculative = self._speculation(body)
         return Prepared(request, len(ids))
+
+    def _speculation(self, body):
+        """The request's `SpeculativeDecoder`, or None. `speculative: false` turns the server's off;
+        `true` or `{"num_draft": K}` turn it on (prompt lookup on a server started without one);
+        `prediction` makes its text a lookup source (prompt, then prediction, then the answer)."""
+        from app.serve_schema import Speculative
+        from mlxmodels.proposers import PredictedOutput, PromptLookup
+        from mlxmodels.speculative import SpeculativeDecoder
+
+        choice = body.speculative
+        if choice is False:
+            if body.prediction is not None:
+                raise RequestError("prediction works by speculative decoding: drop speculative: false", "prediction")
+            return None
+        num_draft = choice.num_draft if isinstance(choice, Speculative) else None
+        server = self.speculative
+        if body.prediction is not None:
+            ngram = server.proposer.ngram if server is not None and isinstance(server.proposer, PromptLookup) \
+                else LOOKUP_NGRAM
+            ids = list(self.tokenizer.encode(body.prediction.text(), add_special_tokens=False))
+            return SpeculativeDecoder(PredictedOutput(ids, ngram), num_draft)
+        if server is not None:
+            return SpeculativeDecoder(server.proposer.fork(), num_draft or server.num_draft, server.adaptive)
+        if choice is None:
+            return None
+        return SpeculativeDecoder(PromptLookup(LOOKUP_NGRAM), num_draft)
 
     # -- running them ------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
+MAX_NUM_DRAFT = 32  # guesses per verification pass; more only costs compute (speculative.DraftLength)
 
 
 class TextPart(BaseModel):
@@ -50,6 +51,25 @@ class Message(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class Speculative(BaseModel):
+    """`"speculative": {"num_draft": K}`: speculate, with at most K guesses per pass (Orchard's own
+    field, after llama-server's per-request speculative.n_max; `true` / `false` turn it on / off)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_draft: Annotated[int, Field(ge=1, le=MAX_NUM_DRAFT)] | None = None
+
+
+class Prediction(BaseModel):
+    """OpenAI's Predicted Outputs: text the answer is expected to largely repeat."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["content"]
+    content: Union[str, list[TextPart]]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
@@ -74,12 +94,30 @@ class _Generation(BaseModel):
     frequency_penalty: Literal[0] = 0
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    speculative: Union[bool, Speculative, None] = None
+    prediction: Prediction | None = None
 
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, value):
         if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        return value
+
+    @field_validator("speculative", mode="before")
+    @classmethod
+    def _speculative_shape(cls, value):
+        # Checked here rather than by the union, whose errors would name the boolean alternative.
+        if value is None or isinstance(value, bool):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f'must be true, false or {{"num_draft": K}}, got {value!r}')
+        unknown = sorted(set(value) - {"num_draft"})
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r} (the one field is num_draft)")
+        k = value.get("num_draft")
+        if k is not None and (type(k) is not int or not 1 <= k <= MAX_NUM_DRAFT):
+            raise ValueError(f"num_draft must be an integer in 1..{MAX_NUM_DRAFT}, got {k!r}")
         return value
 
     @field_validator("logit_bias")
@@ -182,6 +220,10 @@ def usage_body(usage) -> dict:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        **({} if usage.draft_tokens is None else {"completion_tokens_details": {
+            # OpenAI's names for guessed tokens the answer kept / did not keep (Predicted Outputs).
+            "accepted_prediction_tokens": usage.accepted_tokens,
+            "rejected_prediction_tokens": usage.draft_tokens - usage.accepted_tokens}}),
     }
 
 

@@ -25,12 +25,19 @@ KERNEL_MODES = ("auto", "custom", "builtin", "emulate")
 _RAW_ENVIRON = getattr(os.environ, "_data", None) if os.name == "posix" else None
 
 
-def _environment(name: str, default: str) -> str:
+_ENCODED_NAMES: dict = {}
+
+
+def environment(name: str, default: str) -> str:
     """os.environ.get(name, default), without its cost for an unset variable (~3 us: it raises and
-    catches a KeyError), which the CPU backend's quantized matmuls would pay once each."""
+    catches a KeyError), which the op switches read on every call would pay several hundred times
+    per decoded token."""
     if _RAW_ENVIRON is None:
         return os.environ.get(name, default)
-    value = _RAW_ENVIRON.get(os.fsencode(name))  # os.environ stores encoded names and values here
+    key = _ENCODED_NAMES.get(name)
+    if key is None:
+        key = _ENCODED_NAMES[name] = os.fsencode(name)
+    value = _RAW_ENVIRON.get(key)  # os.environ stores encoded names and values here
     return default if value is None else os.fsdecode(value)
 
 
@@ -39,7 +46,7 @@ def kernel_mode() -> str:
     A/B runs can switch it): 'auto' (default) uses a custom kernel where it is the better choice on
     the running GPU, 'custom' forces the custom kernels on a GPU, 'builtin' forces MLX's built-in
     ops, 'emulate' runs the custom kernels through the CPU emulator (small shapes only)."""
-    mode = _environment("ORCHARD_KERNELS", "auto").strip().lower() or "auto"
+    mode = environment("ORCHARD_KERNELS", "auto").strip().lower() or "auto"
     if mode not in KERNEL_MODES:
         raise ValueError(f"ORCHARD_KERNELS={mode!r} is not one of {', '.join(KERNEL_MODES)}")
     return mode

@@ -36,16 +36,16 @@ SLOW_DEQUANT_BITS = (3, 5, 6)
 SLOW_DEQUANT_MIN_ROWS = 128
 # Rows up to which the native matmul beats the native dequantize + GEMM: the crossover grows with
 # the matrix, as a large one's float32 copy no longer stays in cache (measured per shape in
-# docs/performance.md, "Native quantized matmul").
-NATIVE_ROWS_PER_4M_WEIGHTS = 14
-NATIVE_MAX_ROWS = (12, 128)  # bounds of that rule
+# docs/performance.md, "Native quantized matmul"; moved up when the op gained its multi-row float path).
+NATIVE_ROWS_PER_4M_WEIGHTS = 20
+NATIVE_MAX_ROWS = (16, 128)  # bounds of that rule
 
 calls: Counter = Counter()  # implementation -> calls, for benchmarks
 
 
 def native_max_rows(weights: int) -> int:
-    """The most rows the native matmul takes for a matrix of `weights` elements (the table above:
-    ~12 at 1M weights, ~14 at 4M, ~56 at 16M)."""
+    """The most rows the native matmul takes for a matrix of `weights` elements (the rule above:
+    16 at 1M weights, 20 at 4M, 80 at 16M)."""
     low, high = NATIVE_MAX_ROWS
     return max(low, min(high, weights * NATIVE_ROWS_PER_4M_WEIGHTS >> 22))
 

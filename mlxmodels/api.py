@@ -17,17 +17,18 @@ def load_model(reference, dtype=None, cpu_weights: str = "auto"):
     return _load_path(resolve(str(reference)), dtype, cpu_weights)
 
 
-def load(reference=None, dtype=None, progress=None, cpu_weights: str = "auto"):
-    """(model, tokenizer) for any model reference; None means the default model."""
+def load(reference=None, dtype=None, progress=None, cpu_weights: str = "auto", prepare=None):
+    """(model, tokenizer) for any model reference; None means the default model. `prepare`: see
+    loading.assemble (distributed loading)."""
     path = resolve(None if reference is None else str(reference), progress=progress)
     if path.is_file():  # a .gguf: model and tokenizer come from the same metadata
         from mlxmodels.gguf import read_gguf
         from mlxmodels.loading import assemble
 
         gguf = read_gguf(path)
-        model = assemble(gguf.config, gguf.weights, {}, path, dtype, cpu_weights)
+        model = assemble(gguf.config, gguf.weights, {}, path, dtype, cpu_weights, prepare)
         return model, load_gguf_tokenizer(gguf.tokenizer_metadata, path)
-    model = _load_path(path, dtype, cpu_weights)
+    model = _load_path(path, dtype, cpu_weights, prepare)
     tokenizer = load_tokenizer(Path(path), eos_token_ids=_config_eos(model.info.config))
     return model, tokenizer
 

@@ -14,9 +14,11 @@ already use (`offset`, `update_and_fetch`, `mask`, `fetch`/`update`, `advance`).
   axis; a one-token step never mixes rows, so nothing needs masking.
 - A layer with both (Falcon-H1) batches each part.
 
-Decode only: batched calls take one token per row (prompts are prefilled per sequence, in chunks,
-by the scheduler). `batch_caches`, `extend_batch`, `select_rows` and `extract_row` work on a whole
-model's cache.
+Decode steps: a batched call takes one token per row, or, to verify speculative guesses, a few
+per row (right-padded to the longest; `rewind_rows` then drops each row's padding and rejected
+guesses). Prompts are prefilled per sequence, in chunks, by the scheduler. `batch_caches`,
+`extend_batch`, `select_rows`, `extract_row`, `mark_rows` and `rewind_rows` work on a whole model's
+cache.
 """
 
 from __future__ import annotations
@@ -194,14 +196,17 @@ def _joined_layout(layouts: list[_Layout], empty: list[bool]) -> _Layout:
 
 
 class BatchAttentionCache:
-    """The attention cache of one layer for B sequences: buffers [B, H, capacity, *] per stored array,
-    each row's `held[i]` newest tokens right-aligned at column `end` (the columns before are padding).
-    `offsets[i]` is the number of tokens row i has seen (its next position)."""
+    """The attention cache of one layer for B sequences: buffers [B, H, capacity, *] per stored array.
+    Row i's `held[i]` newest tokens sit in columns ends[i] - held[i] .. ends[i] - 1, in time order; the
+    other columns are padding, hidden by the mask. `offsets[i]` is the number of tokens row i has seen
+    (its next position). Rows start right-aligned (one common end); a verification pass whose rows keep
+    different numbers of tokens (`trim_rows`: speculative decoding) leaves their ends apart, and a
+    step then writes each row's tokens at its own end."""
 
     def __init__(self, layout: _Layout, arrays: list | None, end: int, held: list[int], offsets: list[int]):
         self.layout = layout
         self.arrays = arrays  # None until some row holds a token
-        self.end = end
+        self.ends = [end] * len(held)
         self.held = list(held)
         self.offsets = list(offsets)
         self._mask = None
@@ -220,9 +225,15 @@ class BatchAttentionCache:
     def group_size(self) -> int:
         return self.layout.group_size
 
+    def dequantized(self, rows: tuple, dtype: mx.Dtype, kv_lora_rank: int) -> tuple[mx.array, mx.array]:
+        """Quantized latent rows in float, as `QuantizedLatentKVCache.dequantized` gives them: a
+        verification pass (several queries) attends them expanded, as a prefill does."""
+        full = mx.dequantize(*rows, group_size=self.group_size, bits=self.bits).astype(dtype)
+        return full[..., :kv_lora_rank], full[..., kv_lora_rank:]
+
     @property
     def offset(self) -> mx.array:
-        """Per-row positions of the token being added ([B] int32): RoPE rotates each row by its own."""
+        """Per-row positions of the first token being added ([B] int32): RoPE rotates each row by its own."""
         if self._offset_array is None:
             self._offset_array = _shared(("offsets", tuple(self.offsets)),
                                          lambda: mx.array(self.offsets, dtype=mx.int32))
@@ -246,58 +257,113 @@ class BatchAttentionCache:
         return cls(layout, arrays, end, held, [c.offset for c in caches])
 
     def update_and_fetch(self, *new: mx.array):
+        """Store L new tokens per row (a verification pass feeds several; rows with fewer real ones
+        are right-padded, and `trim_rows` drops the padding afterwards)."""
         B, _, L = new[0].shape[:3]
-        if L != 1:
-            raise OrchardError("a batched cache takes one token per sequence (prefill each sequence alone)")
         encoded = self.layout.encode(*new)
         if self.arrays is None:
-            self.arrays = [_zeros(e, B, STEP) for e in encoded]
-            self.end = 0
-        elif self.end == self.arrays[0].shape[2]:
-            self._grow()
-        for buffer, e in zip(self.arrays, encoded):
-            buffer[:, :, self.end : self.end + 1] = e
-        self.end += 1
+            self.arrays = [_zeros(e, B, L + STEP) for e in encoded]
+            self.ends = [0] * B
+        elif max(self.ends) + L > self.arrays[0].shape[2]:
+            self._grow(L)
+        first = self.ends[0]
+        if all(e == first for e in self.ends):
+            for buffer, e in zip(self.arrays, encoded):
+                buffer[:, :, first : first + L] = e
+        else:
+            columns = (mx.array(self.ends, dtype=mx.int32)[:, None] + mx.arange(L, dtype=mx.int32))[:, None, :, None]
+            self.arrays = [mx.put_along_axis(buffer, mx.broadcast_to(columns, e.shape), e, axis=2)
+                           for buffer, e in zip(self.arrays, encoded)]
         window = self.layout.window
-        self.held = [h + 1 if window is None else min(h + 1, window) for h in self.held]
-        positions = self.offsets  # of the queries: each row's newest token
-        self.offsets = [o + 1 for o in self.offsets]
+        before, positions = self.ends, self.offsets  # where each row's first query sits
+        self.ends = [e + L for e in self.ends]
+        # A windowed row keeps window - 1 tokens before the oldest new query.
+        self.held = [h + L if window is None else min(h + L, window - 1 + L) for h in self.held]
+        self.offsets = [o + L for o in self.offsets]
         self._offset_array = None
-        start = self.end - (max(self.held) if window is None else min(self.end, window))
-        self._mask = self._visible(start, positions)
-        return self.layout.package([a[:, :, start : self.end] for a in self.arrays])
+        start = min(e - h for e, h in zip(self.ends, self.held))
+        stop = max(self.ends)
+        self._mask = self._visible(start, stop, before, positions, L)
+        return self.layout.package([a[:, :, start:stop] for a in self.arrays])
 
-    def _visible(self, start: int, positions: list[int]):
-        """Bool [B, 1, 1, S] for the returned columns start..end-1: each row's own tokens (not its
-        padding) and, for chunked attention, only those in its query's chunk. None if all are."""
-        hidden_pad = any(self.end - h > start for h in self.held)
-        if not hidden_pad and not self.layout.chunked:
+    def _visible(self, start: int, stop: int, before: list[int], positions: list[int], L: int):
+        """Bool [B, 1, L, S] for the returned columns start..stop-1: for query j of row i, the row's
+        own tokens (not padding) up to its own column, within the window, and for chunked attention
+        only those in the query's chunk. None if every query sees every column."""
+        aligned = all(e == stop and e - h == start for e, h in zip(self.ends, self.held))
+        if L == 1 and aligned and not self.layout.chunked:
             return None
-        key = ("mask", start, self.end, tuple(self.held), self.layout.chunked and (self.layout.window, tuple(positions)))
-        return _shared(key, lambda: self._build_mask(start, positions))
+        key = ("mask", start, stop, tuple(before), tuple(self.held), L,
+               self.layout.window, self.layout.chunked and tuple(positions))
+        return _shared(key, lambda: self._build_mask(start, stop, before, positions, L))
 
-    def _build_mask(self, start: int, positions: list[int]) -> mx.array:
-        columns = mx.arange(start, self.end)
-        first = mx.array([self.end - h for h in self.held])
-        visible = columns[None, :] >= first[:, None]
-        if self.layout.chunked:
-            # Column j holds position p - (end - 1 - j); it shares the chunk of p if that distance is at
-            # most p mod window.
-            back = mx.array([p % self.layout.window for p in positions])
-            visible = visible & ((self.end - 1 - columns)[None, :] <= back[:, None])
-        return visible[:, None, None, :]
+    def _build_mask(self, start: int, stop: int, before: list[int], positions: list[int], L: int) -> mx.array:
+        columns = mx.arange(start, stop)[None, None, :]  # [1, 1, S]
+        query = mx.array(before)[:, None, None] + mx.arange(L)[None, :, None]  # [B, L, 1]: each query's column
+        first = mx.array([e - h for e, h in zip(self.ends, self.held)])[:, None, None]
+        visible = (columns >= first) & (columns <= query)
+        window = self.layout.window
+        if window is not None:
+            back = query - columns  # how many positions before the query a column lies
+            if self.layout.chunked:
+                # Column c shares the chunk of query position p if it lies at most p mod window back.
+                p = mx.array(positions)[:, None, None] + mx.arange(L)[None, :, None]
+                visible = visible & (back <= p % window)
+            else:
+                visible = visible & (back < window)
+        return visible[:, None]
 
     def mask(self, L: int):
         return self._mask
 
-    def _grow(self) -> None:
-        """Room for STEP more columns; a windowed cache first drops what no row can look back to."""
-        keep = self.end if self.layout.window is None else min(self.end, self.layout.window - 1)
+    def _grow(self, incoming: int) -> None:
+        """Room for `incoming` + STEP more columns; a windowed cache first drops what no row can look
+        back to. Every row moves by the same number of columns."""
+        window = self.layout.window
+        keep = [h if window is None else min(h, window - 1) for h in self.held]
+        low = min(e - k for e, k in zip(self.ends, keep))
+        high = max(self.ends)
         B = self.arrays[0].shape[0]
-        fresh = [_zeros(a, B, keep + STEP) for a in self.arrays]
+        fresh = [_zeros(a, B, high - low + incoming + STEP) for a in self.arrays]
         for buffer, old in zip(fresh, self.arrays):
-            buffer[:, :, :keep] = old[:, :, self.end - keep : self.end]
-        self.arrays, self.end = fresh, keep
+            buffer[:, :, : high - low] = old[:, :, low:high]
+        self.arrays = fresh
+        self.ends = [e - low for e in self.ends]
+        self.held = keep
+
+    trims = True
+
+    def mark(self):
+        return None  # trimming needs no snapshot
+
+    def rewind_rows(self, counts: list[int], mark=None) -> None:
+        """Row i forgets its counts[i] newest tokens (rejected guesses, padding)."""
+        self.ends = [e - n for e, n in zip(self.ends, counts)]
+        self.held = [max(0, h - n) for h, n in zip(self.held, counts)]
+        self.offsets = [o - n for o, n in zip(self.offsets, counts)]
+        self._offset_array = None
+
+    def _aligned(self, rows: list[int], end: int) -> list | None:
+        """Fresh buffers for `rows` (in that order), each row's tokens right-aligned at column `end`."""
+        if self.arrays is None:
+            return None
+        n = max((self.held[i] for i in rows), default=0)
+        fresh = [_zeros(a, len(rows), end + STEP) for a in self.arrays]
+        if not n:
+            return fresh
+        ends = {self.ends[i] for i in rows}
+        if len(ends) == 1:  # one copy for all rows
+            (old_end,) = ends
+            index = mx.array(rows, dtype=mx.int32)
+            for buffer, old in zip(fresh, self.arrays):
+                buffer[:, :, end - n : end] = old[index, :, old_end - n : old_end]
+            return fresh
+        for r, i in enumerate(rows):
+            h, e = self.held[i], self.ends[i]
+            if h:
+                for buffer, old in zip(fresh, self.arrays):
+                    buffer[r : r + 1, :, end - h : end] = old[i : i + 1, :, e - h : e]
+        return fresh
 
     def extend(self, other: "BatchAttentionCache") -> None:
         """Append `other`'s rows (a batch of the same layer)."""
@@ -306,40 +372,32 @@ class BatchAttentionCache:
         parts = [p for p in (self, other) if p.arrays is not None]
         arrays = None
         if parts:
-            B = len(self.held) + len(other.held)
-            arrays = [_zeros(a, B, end + STEP) for a in parts[0].arrays]
-            row = 0
+            pieces = []
             for part in (self, other):
-                n = max(part.held, default=0)
-                if part.arrays is not None and n:
-                    for buffer, old in zip(arrays, part.arrays):
-                        buffer[row : row + len(part.held), :, end - n : end] = old[:, :, part.end - n : part.end]
-                row += len(part.held)
-        self.arrays, self.end = arrays, end
+                rows = list(range(len(part.held)))
+                pieces.append(part._aligned(rows, end) if part.arrays is not None else
+                              [_zeros(a, len(rows), end + STEP) for a in parts[0].arrays])
+            arrays = [mx.concatenate(group, axis=0) for group in zip(*pieces)]
+        self.arrays = arrays
         self.held += other.held
         self.offsets += other.offsets
+        self.ends = [end] * len(self.held)
         self._offset_array = None
 
     def select(self, rows: list[int]) -> None:
         """Keep only `rows` (in that order), in a fresh buffer no wider than they need."""
+        end = max((self.held[i] for i in rows), default=0)
+        self.arrays = self._aligned(rows, end)
         self.held = [self.held[i] for i in rows]
         self.offsets = [self.offsets[i] for i in rows]
+        self.ends = [end] * len(rows)
         self._offset_array = None
-        if self.arrays is None:
-            return
-        n = max(self.held, default=0)
-        index = mx.array(rows, dtype=mx.int32)
-        fresh = [_zeros(a, len(rows), n + STEP) for a in self.arrays]
-        if n:
-            for buffer, old in zip(fresh, self.arrays):
-                buffer[:, :, :n] = old[index, :, self.end - n : self.end]
-        self.arrays, self.end = fresh, n
 
     def extract(self, i: int):
         """Row i as a per-sequence cache of the original kind (its own memory)."""
-        n = self.held[i]
+        n, end = self.held[i], self.ends[i]
         arrays = [] if self.arrays is None or n == 0 else [
-            _owned(a[i : i + 1, :, self.end - n : self.end]) for a in self.arrays]
+            _owned(a[i : i + 1, :, end - n : end]) for a in self.arrays]
         return self.layout.rebuild(arrays, n, self.offsets[i])
 
     @property
@@ -395,6 +453,23 @@ class BatchStateCache:
     def mask(self, L: int):
         return None
 
+    trims = False  # a recurrent state has absorbed its tokens: it goes back to a mark instead
+
+    def mark(self):
+        """A snapshot to go back to (free: the layers replace these arrays, never modify them)."""
+        return self.conv, self.ssm, list(self.offsets)
+
+    def rewind_rows(self, counts: list[int], mark=None) -> None:
+        """Rows with counts[i] > 0 go back to `mark`, which must be exactly counts[i] tokens back."""
+        if not any(counts):
+            return
+        conv, ssm, offsets = mark
+        if any(n and o - n != m for o, n, m in zip(self.offsets, counts, offsets)):
+            raise RuntimeError("a recurrent state can only go back to its mark")
+        back = mx.array([n > 0 for n in counts])
+        self.conv, self.ssm = _pick(back, conv, self.conv), _pick(back, ssm, self.ssm)
+        self.offsets = [o - n for o, n in zip(self.offsets, counts)]
+
     def extend(self, other: "BatchStateCache") -> None:
         B, b = len(self.offsets), len(other.offsets)
         self.conv = _stack([self.conv, other.conv], [B, b])
@@ -421,6 +496,14 @@ class BatchStateCache:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.state)
+
+
+def _pick(rows: mx.array, old, new):
+    """Per row (rows: bool [B]): `old` where true, else `new`; None before the first token = zeros."""
+    if new is None:
+        return old
+    old = mx.zeros_like(new) if old is None else old
+    return mx.where(rows.reshape(-1, *([1] * (new.ndim - 1))), old, new)
 
 
 def _stack(parts: list, sizes: list[int] | None = None):
@@ -454,6 +537,14 @@ class BatchStatelessCache:
     def mask(self, L: int):
         return None
 
+    trims = True
+
+    def mark(self):
+        return None
+
+    def rewind_rows(self, counts: list[int], mark=None) -> None:
+        self.offsets = [o - n for o, n in zip(self.offsets, counts)]
+
     def extend(self, other: "BatchStatelessCache") -> None:
         self.offsets += other.offsets
 
@@ -486,6 +577,15 @@ class BatchAttentionSSMCache:
 
     def mask(self, L: int):
         return self.attention.mask(L)
+
+    trims = False
+
+    def mark(self):
+        return self.ssm.mark()
+
+    def rewind_rows(self, counts: list[int], mark=None) -> None:
+        self.attention.rewind_rows(counts)
+        self.ssm.rewind_rows(counts, mark)
 
     def extend(self, other: "BatchAttentionSSMCache") -> None:
         self.attention.extend(other.attention)
@@ -544,6 +644,24 @@ def select_rows(batch: list, rows: list[int]) -> None:
 def extract_row(batch: list, i: int) -> list:
     """Row i as a per-sequence cache (`mlxmodels.cache` kinds), sharing no memory with the batch."""
     return [layer.extract(i) for layer in batch]
+
+
+def batch_trims(batch: list) -> bool:
+    """Whether every layer can drop any row's newest tokens (no recurrent state)."""
+    return all(layer.trims for layer in batch)
+
+
+def mark_rows(batch: list) -> list:
+    """What `rewind_rows` needs to send recurrent states back to this point (free to take)."""
+    return [layer.mark() for layer in batch]
+
+
+def rewind_rows(batch: list, counts: list[int], mark: list | None = None) -> None:
+    """Row i forgets its counts[i] newest tokens. Attention layers trim them; a recurrent state
+    cannot, so a row with counts[i] > 0 must be going back exactly to `mark` (from `mark_rows`),
+    where its state is restored (speculative decoding then feeds the accepted tokens again)."""
+    for layer, m in zip(batch, mark or [None] * len(batch)):
+        layer.rewind_rows(counts, m)
 
 
 def batch_state(batch: list) -> list:

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from metal_kernels import backend_name
+from mlxmodels.allocator import back_with_huge_pages
 from mlxmodels.config import read_config
 from mlxmodels.cpu_weights import apply_cpu_weight_policy, describe_policy, fp32_bytes
+from mlxmodels.fuse import fuse_projections
 from mlxmodels.errors import ConfigError, ModelNotFoundError
 from mlxmodels.models import build_model
 from mlxmodels.weights import check_against_model, read_weights
@@ -36,11 +39,15 @@ class ModelInfo:
     cpu_weights_bytes: int = 0  # extra memory the fp32 copies take
     cpu_weights_requested: str = "auto"  # what the caller asked for (`auto` decides by the budget)
     cpu_weights_fp32_needed: int = 0  # what fp32 copies would take, chosen or not
+    huge_page_bytes: int = 0  # weight memory moved to 2 MB pages at load (allocator.back_with_huge_pages)
 
     def describe_cpu_weights(self) -> str | None:
         """What the CPU policy chose and its memory cost, in one line (None off the CPU)."""
-        return describe_policy(self.cpu_weights, self.cpu_weights_requested, self.cpu_weights_bytes,
+        line = describe_policy(self.cpu_weights, self.cpu_weights_requested, self.cpu_weights_bytes,
                                self.cpu_weights_fp32_needed)
+        if line is not None and self.huge_page_bytes:
+            line += f"; {self.huge_page_bytes / 1e6:.0f} MB of weights on 2 MB pages"
+        return line
 
 
 def quantization_settings(config: dict) -> dict | None:
@@ -126,10 +133,16 @@ def checkpoint_dtype(config: dict, weights: dict) -> mx.Dtype:
 
 
 def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.Dtype | None = None,
-             cpu_weights: str = "auto"):
+             cpu_weights: str = "auto", prepare=None):
     """Build the family's model from `config`, load `weights` into it, apply the dtype policy and,
-    on the CPU backend, the quantized-weights policy (`cpu_weights.py`)."""
+    on the CPU backend, the quantized-weights policy (`cpu_weights.py`).
+
+    `prepare(model, sources)` runs once the (still lazy) weights are in place, before anything is
+    evaluated: distributed loading cuts each rank's part there (mlxmodels/distributed). `sources`
+    maps id() of each checkpoint array to (file, tensor name, the array), so a part can be read from
+    its file (holding the array keeps its id from being reused by one `sanitize` made)."""
     model = build_model(config)
+    sources = {id(v): (origin.get(k), k, v) for k, v in weights.items()} if prepare is not None else None
     weights = model.sanitize(weights)
     quantization = quantization_settings(config)
     if quantization is not None:
@@ -139,11 +152,18 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
     check_against_model(model, weights, origin, where)
     model.load_weights(list(weights.items()), strict=True)
     stored_dtype = checkpoint_dtype(config, weights)
+    if prepare is not None:
+        del weights
+        prepare(model, sources)
     compute_dtype = dtype or compute_dtype_for(stored_dtype)
     model.set_dtype(compute_dtype)
     model.eval()
     fp32_needed = fp32_bytes(model)
     policy, extra_bytes = apply_cpu_weight_policy(model, cpu_weights)
+    huge_page_bytes = 0
+    if policy in ("quantized", "fp32"):  # quantized weights the CPU policy rewrote (see fuse.py)
+        fuse_projections(model)
+        huge_page_bytes = back_with_huge_pages(leaf for _, leaf in tree_flatten(model.parameters()))
     model.info = ModelInfo(
         path=where,
         config=config,
@@ -158,11 +178,12 @@ def assemble(config: dict, weights: dict, origin: dict, where: Path, dtype: mx.D
         cpu_weights_bytes=extra_bytes,
         cpu_weights_requested=cpu_weights,
         cpu_weights_fp32_needed=fp32_needed,
+        huge_page_bytes=huge_page_bytes,
     )
     return model
 
 
-def load_model(path, dtype: mx.Dtype | None = None, cpu_weights: str = "auto") -> nn.Module:
+def load_model(path, dtype: mx.Dtype | None = None, cpu_weights: str = "auto", prepare=None) -> nn.Module:
     """A model from a local directory (HF or MLX layout) or a `.gguf` file; no tokenizer needed."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -173,7 +194,7 @@ def load_model(path, dtype: mx.Dtype | None = None, cpu_weights: str = "auto") -
         from mlxmodels.gguf import read_gguf
 
         gguf = read_gguf(path)
-        return assemble(gguf.config, gguf.weights, {}, path, dtype, cpu_weights)
+        return assemble(gguf.config, gguf.weights, {}, path, dtype, cpu_weights, prepare)
     config = read_config(path)
     weights, origin = read_weights(path)
-    return assemble(config, weights, origin, path, dtype, cpu_weights)
+    return assemble(config, weights, origin, path, dtype, cpu_weights, prepare)

@@ -88,6 +88,29 @@ class PromptLookup(Proposer):
         return NO_PROPOSAL
 
 
+class PredictedOutput(Proposer):
+    """Prompt lookup over the prompt, a predicted answer and the answer so far: OpenAI's Predicted
+    Outputs (`prediction`), the text the answer is expected to largely repeat (a file being edited).
+    The prediction sits between the prompt and the answer, so the answer's own text, then the
+    prediction's, is matched first."""
+
+    name = "predicted output"
+    default_draft = PromptLookup.default_draft
+
+    def __init__(self, prediction: list[int], ngram: int = 3):
+        self.prediction = list(prediction)
+        self.lookup = PromptLookup(ngram)
+        self.prompt_length = 0
+
+    def start(self, context: list[int], sampling: SamplingParams) -> None:
+        self.prompt_length = len(context)
+        self.lookup = PromptLookup(self.lookup.ngram, self.lookup.min_ngram)
+
+    def propose(self, context: list[int], k: int) -> Proposal:
+        at = self.prompt_length
+        return self.lookup.propose(context[:at] + self.prediction + context[at:], k)
+
+
 class DraftModel(Proposer):
     """Guesses from a smaller model sharing the target's vocabulary (see `load_draft`)."""
 

@@ -18,6 +18,23 @@ A request with a constraint (`Request.constraint`, JSON schema or grammar) has i
 masked by its own matcher before sampling; while such a row runs, steps are not pipelined (its next
 mask needs the token in flight).
 
+Speculative decoding (`Request.speculative`, mlxmodels/speculative.py) runs per row: before a step,
+each speculating row asks its own proposer for up to k guesses (k from its own `DraftLength`), and
+when any row has some, the step is one verification pass over the whole batch, each row fed its
+pending token and its guesses, right-padded to the longest (rows without guesses are rows with
+k = 0). Each row keeps its accepted prefix by the rule speculative.py uses for one sequence
+(`accept_greedy` / `accept_sampled`), and the batched cache drops each row's rejected guesses and
+padding (`batch.rewind_rows`). A model with recurrent state cannot drop tokens: a row that keeps
+fewer than the pass fed goes back to the state before the pass, and its accepted tokens are fed
+again at the start of its next pass, as speculative.py does. Constrained rows do not guess (they
+decode one masked token per step, as without speculation; speculative.py, one sequence, does mask
+each verified position).
+While a row would ask for guesses, steps are not pipelined: its proposal needs the token in flight
+(once its `DraftLength` turns guessing off, plain pipelined steps run until it turns it on again).
+Speculation can be limited to batches of at most `speculate_up_to` rows: a batch already reads
+the weights once for several tokens, and rows that guess nothing are padded through every pass
+(measured in docs/performance.md, "Speculation in serve").
+
 The scheduler runs on its own thread (`start`); `submit` and `cancel` may be called from any thread
 and outputs are delivered through each request's callback, on the scheduler thread.
 """
@@ -33,13 +50,15 @@ from typing import Callable, Sequence
 
 import mlx.core as mx
 
-from mlxmodels.batch import batch_caches, batch_state, extend_batch, extract_row, select_rows
-from mlxmodels.cache import can_trim_cache, copy_cache
+from mlxmodels.batch import (batch_caches, batch_state, batch_trims, extend_batch, extract_row, mark_rows,
+                             rewind_rows, select_rows)
+from mlxmodels.cache import can_trim_cache, cache_offset, copy_cache
 from mlxmodels.constrain import apply_token_mask, batch_mask
 from mlxmodels.errors import OrchardError
 from mlxmodels.generate import _StopStrings, prefill
 from mlxmodels.prefix_cache import PrefixCache
 from mlxmodels.sampling import SamplingParams, make_logits_processors, sample_rows
+from mlxmodels.speculative import NO_PROPOSAL, DraftLength, Proposal, accept_greedy, accept_sampled
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI's API
 
@@ -64,6 +83,9 @@ class Request:
     boundaries: Sequence[int] = ()
     # A `constrain.CompiledConstraint`: the answer must match it (each step's logits are masked).
     constraint: object | None = None
+    # A `speculative.SpeculativeDecoder` with a proposer of this request's own (proposers keep
+    # per-generation state): guesses checked in the batch's passes. None: plain decoding.
+    speculative: object | None = None
 
 
 @dataclass
@@ -79,6 +101,9 @@ class Usage:
     cached_tokens: int  # of the prompt, reused from the prefix cache
     completion_tokens: int = 0
     ttft: float = 0.0  # seconds from submission to the first token
+    # Speculating requests only (None otherwise): guesses proposed, and of those, kept.
+    draft_tokens: int | None = None
+    accepted_tokens: int | None = None
 
 
 @dataclass
@@ -131,6 +156,11 @@ class _Sequence:
         self.cancelled = False
         self.key = self.processors = self.history = None  # made on the scheduler thread (`admitted`)
         self.matcher = None
+        self.pending: list[int] | None = None  # decided, not in the cache, when more than its one input
+        self.length: DraftLength | None = None  # how many guesses to ask for (speculating rows)
+        self.draft_tokens = self.accepted_tokens = 0
+        self.stamp = 0.0  # when its last token was read (a plain step's duration, for `length`)
+        self.propose_seconds = 0.0  # what its last proposal took
 
     def admitted(self) -> None:
         """MLX state of its own, made on the scheduler thread (MLX evaluates arrays only on the thread
@@ -144,6 +174,10 @@ class _Sequence:
         # each sampled token, appended lazily as in generate_tokens.
         if self.processors:
             self.history = mx.array(self.request.prompt[-sampling.repetition_context:], dtype=mx.uint32)
+        spec = self.request.speculative
+        if spec is not None and self.matcher is None:
+            self.length = DraftLength(spec.num_draft, spec.adaptive)
+            spec.proposer.start(list(self.request.prompt), sampling)
 
     def next_key(self):
         if self.key is None:
@@ -152,7 +186,25 @@ class _Sequence:
         return sub
 
     def usage(self) -> Usage:
-        return Usage(len(self.request.prompt), self.cached, self.completion_tokens, self.ttft)
+        usage = Usage(len(self.request.prompt), self.cached, self.completion_tokens, self.ttft)
+        if self.length is not None:
+            usage.draft_tokens, usage.accepted_tokens = self.draft_tokens, self.accepted_tokens
+        return usage
+
+    def wants_guesses(self) -> bool:
+        """Whether it would ask its proposer now (its `DraftLength` has not turned guessing off)."""
+        return (self.length is not None and not self.finished and not self.cancelled
+                and self.length.next(self.request.max_tokens - len(self.generated) - 1) > 0)
+
+    def propose(self) -> Proposal:
+        """Its guesses for the tokens after those decided (none when not speculating or finished)."""
+        if not self.wants_guesses():
+            return NO_PROPOSAL
+        k = self.length.next(self.request.max_tokens - len(self.generated) - 1)
+        began = time.perf_counter()
+        proposal = self.request.speculative.proposer.propose(self.request.prompt + self.generated, k)
+        self.propose_seconds = time.perf_counter() - began
+        return Proposal(proposal.tokens[:k], None if proposal.probs is None else proposal.probs[:k])
 
 
 def _materialize(model) -> None:
@@ -167,9 +219,12 @@ def _materialize(model) -> None:
 
 class Scheduler:
     def __init__(self, model, tokenizer, *, max_batch: int = 8, max_queue: int = 64, prefill_step: int = 256,
-                 prefix_cache: PrefixCache | None = None, make_cache: Callable[[], list] | None = None):
+                 prefix_cache: PrefixCache | None = None, make_cache: Callable[[], list] | None = None,
+                 speculate_up_to: int | None = None):
         if max_batch < 1 or max_queue < 0 or prefill_step < 1:
             raise OrchardError("max_batch and prefill_step must be at least 1, max_queue at least 0")
+        # Rows speculate only while the batch has at most this many (None: always).
+        self.speculate_up_to = speculate_up_to
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_queue, self.prefill_step = max_batch, max_queue, prefill_step
         self.prefix_cache = prefix_cache
@@ -285,8 +340,11 @@ class Scheduler:
             s.finished, s.cache = True, None
             self._active.discard(s)
             self._emit(s, Output(finish_reason="error", usage=s.usage(), error=f"{type(e).__name__}: {e}"))
-        if self._in_flight is not None and any(s.matcher is not None for s in (*self._rows, *self._joining)):
-            # A constrained row's next mask needs the token in flight: no pipelining while one runs.
+        speculating = self._may_speculate()
+        if self._in_flight is not None and any(s.matcher is not None or (speculating and s.wants_guesses())
+                                               or s.pending for s in (*self._rows, *self._joining)):
+            # A constrained row's next mask, a speculating row's next proposal, need the token in
+            # flight: no pipelining while one runs.
             previous, self._in_flight = self._in_flight, None
             self._collect(*previous)
         previous, self._in_flight = self._in_flight, self._launch()
@@ -313,9 +371,10 @@ class Scheduler:
             for i, s in enumerate(self._rows):
                 if s.finished:
                     # The pipelined decode has fed it every token read for it (see _collect).
+                    # (A speculating row's cache may hold fewer: its pending tokens.)
                     cache = extract_row(self._batch, i)
                     mx.async_eval(batch_state(cache))
-                    self.prefix_cache.insert(s.request.prompt + s.generated, cache)
+                    self.prefix_cache.insert((s.request.prompt + s.generated)[: cache_offset(cache)], cache)
         if keep:
             select_rows(self._batch, keep)
             self._inputs = self._inputs[mx.array(keep, dtype=mx.int32)]
@@ -377,8 +436,11 @@ class Scheduler:
             self._rows += joining
         if not self._rows:
             return None
-        logits = self.model(self._inputs[:, None], self._batch)[:, -1, :]
+        if self._in_flight is None and any(s.length is not None or s.pending for s in self._rows):
+            if self._speculate():
+                return None
         rows = list(self._rows)
+        logits = self._forward(self._inputs[:, None], [[0] for _ in rows])[:, -1, :]
         logits = self._processed(logits, rows)
         matchers = [None if s.finished else s.matcher for s in rows]
         if any(m is not None for m in matchers):
@@ -391,6 +453,112 @@ class Scheduler:
         self._inputs = tokens
         mx.async_eval(tokens, *logprobs, *batch_state(self._batch))
         return rows, tokens, logprobs
+
+    def _speculate(self) -> bool:
+        """A verification step (module docstring) when some row has guesses or pending tokens: every
+        row's tokens are decided, the cache rolled back to match and the tokens handed out. False
+        (nothing done) when no row has more than its one input: a plain step then runs."""
+        rows = list(self._rows)
+        allowed = self._may_speculate()
+        inputs = self._inputs.tolist()
+        pending = [s.pending or [inputs[i]] for i, s in enumerate(rows)]
+        proposals = [s.propose() if allowed else NO_PROPOSAL for s in rows]
+        fed = [len(p) + len(q.tokens) for p, q in zip(pending, proposals)]
+        L = max(fed)
+        if L == 1:
+            return False
+        trims = batch_trims(self._batch)
+        mark = None if trims else mark_rows(self._batch)
+        began = time.perf_counter()
+        # Right-padded: a padded position is never accepted, its cache entry is dropped below.
+        padded = [p + q.tokens + [0] * (L - n) for p, q, n in zip(pending, proposals, fed)]
+        logits = self._forward(mx.array(padded, dtype=mx.uint32), [p + q.tokens for p, q in zip(pending, proposals)])
+        results = []  # (decided tokens, logprobs) per row
+        counts, pendings = [], []
+        for i, (s, p, q) in enumerate(zip(rows, pending, proposals)):
+            if s.finished:  # its tokens would be dropped: keep what it was fed
+                accepted, decided, items = 0, [], None
+            else:
+                accepted, decided, items = self._decide(s, logits[i, len(p) - 1 : len(p) + len(q.tokens)], q)
+            keep = len(p) + accepted
+            if trims or keep == L:
+                counts.append(L - keep)
+                pendings.append(decided[-1:] or p[-1:])
+            else:  # back to the mark; what it kept is fed again next time
+                counts.append(L)
+                pendings.append(p + decided)
+            results.append((decided, items))
+        rewind_rows(self._batch, counts, mark)
+        self._inputs = mx.array([p[-1] for p in pendings], dtype=mx.uint32)
+        mx.async_eval(self._inputs, *batch_state(self._batch))
+        now = time.perf_counter()
+        for s, p, q, (decided, items) in zip(rows, pendings, proposals, results):
+            s.pending = p if len(p) > 1 else None
+            if s.finished:
+                continue
+            if s.length is not None:
+                s.length.record(len(q.tokens), len(decided) - 1, L, now - began, s.propose_seconds)
+                s.stamp = now
+            s.draft_tokens += len(q.tokens)
+            s.accepted_tokens += len(decided) - 1
+            self._deliver(s, decided, items, now)
+        return True
+
+    def _may_speculate(self) -> bool:
+        """Whether rows may guess in the next step (`speculate_up_to`)."""
+        return self.speculate_up_to is None or len(self._rows) + len(self._joining) <= self.speculate_up_to
+
+    def _forward(self, inputs: mx.array, fed: list[list]) -> mx.array:
+        """Logits [B, L, vocab] of the batch fed `inputs` [B, L]; rows whose proposer reads the
+        model's hidden states (multi-token prediction) get theirs, for the len(fed[i]) real tokens."""
+        watching = [i for i, s in enumerate(self._rows)
+                    if s.length is not None and not s.finished and s.request.speculative.proposer.needs_hidden]
+        if not watching:
+            return self.model(inputs, self._batch)
+        layer = self._batch[0]
+        held = list(getattr(layer, "offsets", None) or layer.attention.offsets)  # each row's first fed position
+        hidden = self.model.model(inputs, self._batch)
+        for i in watching:
+            self._rows[i].request.speculative.proposer.observe(held[i], hidden[i, : len(fed[i])])
+        return self.model.output(hidden)
+
+    def _decide(self, s: _Sequence, logits: mx.array, proposal: Proposal) -> tuple[int, list[int], list | None]:
+        """Row logits [n + 1, vocab] (the row before each guess and one after the last) -> (guesses
+        kept, the tokens decided, their logprobs if asked), by speculative.py's rules."""
+        guesses = proposal.tokens
+        if s.processors:
+            rows = []
+            for j in range(logits.shape[0]):
+                row = logits[j : j + 1]
+                history = mx.concatenate([s.history, mx.array(guesses[:j], dtype=mx.uint32)])
+                for process in s.processors:
+                    row = process(history, row)
+                rows.append(row)
+            logits = mx.concatenate(rows)
+        if s.matcher is not None:  # constrained rows make no guesses: one row
+            logits = apply_token_mask(logits, s.matcher.mask())
+        sampling = s.request.sampling
+        if not guesses:
+            accepted, token = 0, sample_rows(logits, [sampling], [s.next_key()]).item()
+        elif sampling.temperature == 0:
+            accepted, token = accept_greedy(logits, guesses)
+        else:
+            accepted, token = accept_sampled(logits, proposal, sampling, s.next_key())
+        decided = guesses[:accepted] + [token]
+        if s.processors:
+            s.history = mx.concatenate([s.history, mx.array(decided, dtype=mx.uint32)])[
+                -sampling.repetition_context:]
+        items = None
+        if s.request.logprobs is not None:
+            arrays = self._logprobs(logits[: accepted + 1], mx.array(decided), [s] * len(decided))
+            details = [a.tolist() for a in arrays]
+            items = [self._logprob_item(s, details, j, token) for j, token in enumerate(decided)]
+        return accepted, decided, items
+
+    @staticmethod
+    def _logprob_item(s: _Sequence, details: list, i: int, token: int) -> TokenLogprob:
+        top = [] if len(details) < 3 else sorted(zip(details[1][i], details[2][i]), key=lambda p: -p[1])
+        return TokenLogprob(token, details[0][i], top[: s.request.logprobs])
 
     @staticmethod
     def _processed(logits: mx.array, rows: list) -> mx.array:
@@ -425,26 +593,39 @@ class Scheduler:
         for i, (s, token) in enumerate(zip(rows, values)):
             if s.finished:
                 continue  # finished (or cancelled) after this step was queued: its token is dropped
-            if not s.generated:
-                s.ttft = now - s.submitted
-            s.generated.append(token)
+            if s.length is not None:
+                if s.stamp:
+                    s.length.record_plain(now - s.stamp)
+                s.stamp = now
+            logprob = None if s.request.logprobs is None else [self._logprob_item(s, details, i, token)]
+            self._deliver(s, [token], logprob, now)
+
+    def _deliver(self, s: _Sequence, tokens: list[int], logprobs: list | None, now: float) -> None:
+        """Hand out a row's newly decided tokens (one, or several from a verification pass) up to
+        whichever ends it first: the end-of-sequence token, a stop string, max_tokens. Every token
+        stays in `generated` (the cache may hold those past the end)."""
+        if not s.generated:
+            s.ttft = now - s.submitted
+        s.generated += tokens
+        text, emitted = "", []
+        for token in tokens:
             if token in self.eos:
-                self._finish(s, "stop")
-                continue
+                self._finish(s, "stop", text, emitted, logprobs and logprobs[: len(emitted)])
+                return
             if s.matcher is not None:
                 s.matcher.advance(token)
             s.completion_tokens += 1
-            text, hit = s.text.add(token)
-            logprob = None
-            if s.request.logprobs is not None:
-                top = [] if len(details) < 3 else sorted(zip(details[1][i], details[2][i]), key=lambda p: -p[1])
-                logprob = [TokenLogprob(token, details[0][i], top[: s.request.logprobs])]
+            piece, hit = s.text.add(token)
+            text += piece
+            emitted.append(token)
+            kept = logprobs and logprobs[: len(emitted)]
             if hit:
-                self._finish(s, "stop", text, [token], logprob, stop_string=True)
-            elif s.completion_tokens >= s.request.max_tokens:
-                self._finish(s, "length", text, [token], logprob)
-            else:
-                self._emit(s, Output(text, [token], logprob))
+                self._finish(s, "stop", text, emitted, kept, stop_string=True)
+                return
+            if s.completion_tokens >= s.request.max_tokens:
+                self._finish(s, "length", text, emitted, kept)
+                return
+        self._emit(s, Output(text, emitted, logprobs))
 
     def _finish(self, s: _Sequence, reason: str, text: str = "", tokens: list | None = None,
                 logprobs: list | None = None, stop_string: bool = False) -> None:

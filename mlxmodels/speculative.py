@@ -34,6 +34,7 @@ that never repeats costs (almost) nothing. How many tokens to ask for adapts (`D
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -85,6 +86,14 @@ class Proposer:
 
     def forget(self) -> None:
         """Drop anything kept from earlier generations (a draft model's cache), e.g. to time a cold start."""
+
+    def fork(self) -> "Proposer":
+        """The same proposer for another generation running beside this one (a server's requests):
+        its models shared, its per-generation state (caches, n-gram index) its own."""
+        clone = copy.copy(self)
+        clone.forget()
+        clone.start([], SamplingParams(temperature=0.0))
+        return clone
 
 
 def _leaves(layer) -> list:
@@ -463,9 +472,11 @@ def accept_greedy(logits: mx.array, guesses: list[int]) -> tuple[int, int]:
     return accepted, best[accepted]
 
 
-def accept_sampled(logits: mx.array, proposal: Proposal, sampling: SamplingParams) -> tuple[int, int]:
+def accept_sampled(logits: mx.array, proposal: Proposal, sampling: SamplingParams, key=None) -> tuple[int, int]:
     """The rejection rule (module docstring) on one sequence's guesses, logits as in `accept_greedy`:
-    (guesses kept, the token drawn after them)."""
+    (guesses kept, the token drawn after them). `key` (an `mx.random.key`): the randomness of a
+    seeded request in a batch (the scheduler's); None: MLX's global generator."""
+    draw, last = (None, None) if key is None else mx.random.split(key)
     p = mx.softmax(filtered_logits(logits, sampling), axis=-1)  # [n + 1, vocab]
     vocab, n = p.shape[-1], len(proposal.tokens)
     guesses = mx.array(proposal.tokens, dtype=mx.uint32)
@@ -478,17 +489,17 @@ def accept_sampled(logits: mx.array, proposal: Proposal, sampling: SamplingParam
     # A guess outside the target's vocabulary (a draft with a larger output layer) has p = 0.
     p_guess = mx.take_along_axis(p[:n], mx.minimum(guesses, vocab - 1)[:, None], axis=-1)[:, 0]
     p_guess = mx.where(guesses < vocab, p_guess, 0.0)
-    keep = (mx.random.uniform(shape=(n,)) * q_guess < p_guess).tolist()
+    keep = (mx.random.uniform(shape=(n,), key=draw) * q_guess < p_guess).tolist()
     accepted = keep.index(False) if False in keep else n
     if accepted == n:
-        return n, mx.random.categorical(mx.log(p[n])).item()
+        return n, mx.random.categorical(mx.log(p[n]), key=last).item()
     if q is None:
         residual = mx.where(mx.arange(vocab) == guesses[accepted], 0.0, p[accepted])
     else:
         residual = mx.maximum(p[accepted] - q[accepted], 0.0)
     # p = q up to rounding leaves no mass to draw from; rejection then had probability ~0 anyway.
     residual = mx.where(residual.sum() > 0, residual, p[accepted])
-    return accepted, mx.random.categorical(mx.log(residual)).item()
+    return accepted, mx.random.categorical(mx.log(residual), key=last).item()
 
 
 def _width(probs: mx.array, vocab: int) -> mx.array:

@@ -148,19 +148,29 @@ def test_fast_path_only_for_float32_on_the_cpu(monkeypatch):
 
 
 def test_gpu_backends_run_mlx_ops_in_the_model(monkeypatch):
-    """Faking a GPU backend: a model's forward pass never reaches the multiply-add versions."""
+    """Faking a GPU backend: a model's forward pass never reaches the CPU forms (the multiply-add
+    versions here, or the native fused operations where they are built)."""
     from helpers import TINY_LLAMA
 
+    from metal_kernels import cpu as native_cpu
     from mlxmodels.models import build_model
 
     model = build_model(dict(TINY_LLAMA, vocab_size=64))
     calls = []
+
+    def record(owner, name):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+
     for name in ("attention", "silu_mul"):
-        real = getattr(cpu_math, name)
-        monkeypatch.setattr(cpu_math, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+        record(cpu_math, name)
+    if native_cpu.available():
+        for name in ("rms_norm", "rope", "decode_attention", "gated_activation"):
+            record(native_cpu.module(), name)
     ids = mx.array([[1, 2, 3, 4, 5]])
     model(ids)
-    assert set(calls) == {"attention", "silu_mul"}
+    gated = {"gated_activation"} if native_cpu.available() else {"silu_mul"}
+    assert {"attention"} | gated <= set(calls)
     calls.clear()
     monkeypatch.setattr(cpu_math, "backend_name", lambda: "metal")
     model(ids)
@@ -176,6 +186,56 @@ def test_allocator_tuning_rules():
         assert allocator._tune({}, "linux")
 
 
+def _thp_mode() -> str:
+    """The selected transparent-huge-page mode ("always", "madvise", "never"), "" where unknown."""
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return ""
+    chosen = [word for word in text.split() if word.startswith("[")]
+    return chosen[0].strip("[]") if chosen else ""
+
+
+def _huge_kb_of_mapping_at(address: int) -> int:
+    """AnonHugePages (kB) of the memory mapping holding `address`, from /proc/self/smaps."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:  # a mapping's first line: "start-end perms ..."
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    return 0
+
+
+def test_huge_page_ranges_merge_neighbours():
+    two = allocator.HUGE_PAGE
+    assert allocator._merged_ranges([(10 * two, 11 * two), (0, two), (two + 5, 3 * two)], two) == [
+        (0, 3 * two), (10 * two, 11 * two)]
+    assert allocator._merged_ranges([], two) == []
+
+
+def test_weights_move_to_huge_pages_where_the_kernel_allows():
+    import platform
+
+    a = mx.arange(6 * 1024 * 1024, dtype=mx.float32)  # 24 MB: several whole 2 MB pages inside
+    mx.eval(a)
+    assert allocator.back_with_huge_pages([a], "darwin") == 0
+    if platform.system() != "Linux" or _thp_mode() not in ("always", "madvise"):
+        assert allocator.back_with_huge_pages([a]) == 0 or _thp_mode() == ""
+        return
+    moved = allocator.back_with_huge_pages([a])
+    release = tuple(int(p) for p in platform.release().split(".")[:2] if p.isdigit())
+    if release >= (6, 1):  # MADV_COLLAPSE: moved now
+        assert 16 * 1024 * 1024 <= moved <= a.nbytes
+        start = np.asarray(memoryview(a)).ctypes.data
+        first_page = -(-start // allocator.HUGE_PAGE) * allocator.HUGE_PAGE  # the advice splits the mapping there
+        assert _huge_kb_of_mapping_at(first_page) * 1024 >= moved  # the kernel reports them so
+    # The data is the same array's, untouched.
+    assert mx.array_equal(a, mx.arange(6 * 1024 * 1024, dtype=mx.float32)).item()
+
+
 def test_warm_up_runs_the_prefill_and_the_decode_shapes(monkeypatch):
     """`mlxmodels.warm_up` must reach both compiled paths (several queries, then one) so their
     kernels are built before a user waits for an answer."""
@@ -185,9 +245,11 @@ def test_warm_up_runs_the_prefill_and_the_decode_shapes(monkeypatch):
     from mlxmodels.models import build_model
 
     model = build_model(dict(TINY_LLAMA, vocab_size=64))
+    from mlxmodels.layers import ops
+
     queries = []
-    real = cpu_math.attention
-    monkeypatch.setattr(cpu_math, "attention", lambda q, *a, **k: queries.append(q.shape[2]) or real(q, *a, **k))
+    real = ops.attention
+    monkeypatch.setattr(ops, "attention", lambda q, *a, **k: queries.append(q.shape[2]) or real(q, *a, **k))
     mlxmodels.warm_up(model)
     assert sorted(set(queries)) == [1, 2]
 

@@ -234,7 +234,7 @@ def test_op_layer_picks_native_for_few_rows_and_a_gemm_for_many(monkeypatch):
     monkeypatch.delenv("ORCHARD_KERNELS", raising=False)
     small, large = 576 * 1536, 8192 * 2048  # SmolLM2's MLP, a 1B model's
     top = quantized.native_max_rows(small)
-    assert top == 12 and quantized.native_max_rows(large) == 56  # the measured crossovers
+    assert top == 16 and quantized.native_max_rows(large) == 80  # the measured crossovers
     assert quantized.choose(1, small, 4, 64) == quantized.choose(top, small, 4, 64) == "native"
     assert quantized.choose(top + 1, small, 4, 64) == "dequantize"
     assert quantized.choose(top + 1, large, 4, 64) == "native"
@@ -298,6 +298,14 @@ def test_auto_keeps_quantized_weights_and_runs_them_natively(default_model_dir, 
     # SmolLM2's checkpoint stores float16 scales: kept so (exact), half the scale bytes of float32
     assert all(m.scales.dtype == mx.float16 for m in linears)
     assert "native CPU kernel" in model.info.describe_cpu_weights()
+    # Its weights (98 MB) sit on 2 MB pages where Linux's transparent huge pages are on (allocator.py).
+    import platform
+
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    release = tuple(int(p) for p in platform.release().split(".")[:2] if p.isdigit())
+    if thp.is_file() and ("[always]" in thp.read_text() or "[madvise]" in thp.read_text()) and release >= (6, 1):
+        assert model.info.huge_page_bytes > 32e6
+        assert "on 2 MB pages" in model.info.describe_cpu_weights()
 
     ids = mx.array([tokenizer.encode("The quick brown fox jumps over the lazy dog because")])
     quantized.calls.clear()

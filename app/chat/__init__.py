@@ -17,10 +17,36 @@ def register(sub) -> None:
                    help="chat with the model an OpenAI-compatible server serves (e.g. `orchard serve`'s "
                         "http://127.0.0.1:8080) instead of loading one here")
     p.add_argument("--api-key", default=None, metavar="KEY", help="with --server: the server's API key")
+    p.add_argument("--ranks", type=int, default=None, metavar="N", dest="server_ranks",
+                   help="split the model over N local ranks (`orchard serve --ranks N` in the background, "
+                        "this chat its client; docs/distributed.md)")
+    p.add_argument("--parallel", choices=("pipeline", "tensor"), default=None, dest="server_parallel",
+                   help="with --ranks: how the model is split (default pipeline)")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    from mlxmodels.errors import OrchardError
+
+    if args.server_parallel is not None and args.server_ranks is None:
+        raise OrchardError("--parallel goes with --ranks N")
+    if args.server_ranks is not None:
+        if args.server is not None or args.draft is not None:
+            raise OrchardError("--ranks starts a local server for the chat; it excludes --server and --draft")
+        from app.ranks import start_server
+
+        server, args.server = start_server(args.server_ranks, args.server_parallel or "pipeline", args.model,
+                                           args.cpu_weights)
+        args.model = None  # the server's one model
+        try:
+            return handle_chat(args)
+        finally:
+            server.terminate()  # rank 0 drains, then stops the other ranks
+            server.wait()
+    return handle_chat(args)
+
+
+def handle_chat(args: argparse.Namespace) -> int:
     from app.chat.app import ChatApp, default_loader
     from app.storage import Store
     from mlxmodels.errors import OrchardError

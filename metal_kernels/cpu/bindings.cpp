@@ -6,6 +6,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "mlx/version.h"
+#include "fused.h"
 #include "primitive.h"
 #include "threads.h"
 
@@ -24,6 +25,16 @@ NB_MODULE(_qmm, m) {
         "x @ dequantize(w, scales, biases).T (activations as two int16 parts per value), like mx.quantized_matmul.");
   m.def("dequantize", &orchard_qmm::dequantize, "w"_a, "scales"_a, "biases"_a = nb::none(), "group_size"_a = 64,
         "bits"_a = 4, nb::kw_only(), "stream"_a = nb::none(), "dequantize(w, scales, biases) in float32.");
+  m.def("rms_norm", &orchard_qmm::rms_norm, "x"_a, "weight"_a = nb::none(), "eps"_a = 1e-6f, nb::kw_only(),
+        "stream"_a = nb::none(), "x * rsqrt(mean(x^2, -1) + eps) * weight as one operation (float32).");
+  m.def("rope", &orchard_qmm::rope, "x"_a, "cos"_a, "sin"_a, "offsets"_a, "dims"_a, "traditional"_a = false,
+        nb::kw_only(), "stream"_a = nb::none(),
+        "Rotary embedding of x [..., L, D] from [positions, dims] cos/sin tables, token l of row b at offsets[b] + l.");
+  m.def("decode_attention", &orchard_qmm::decode_attention, "q"_a, "k"_a, "v"_a, "scale"_a, "mask"_a = nb::none(),
+        "sinks"_a = nb::none(), nb::kw_only(), "stream"_a = nb::none(),
+        "softmax(q k^T * scale + mask) v for one query per head, grouped-query heads sharing KV heads.");
+  m.def("gated_activation", &orchard_qmm::gated_activation, "gate"_a, "up"_a, "activation"_a, nb::kw_only(),
+        "stream"_a = nb::none(), "act(gate) * up; activation 0: silu, 1: tanh-approximated gelu.");
   m.def("variants", &orchard_qmm::variant_names, "The instruction-set variants this CPU runs, best first.");
   m.def("variant", &orchard_qmm::variant_name, "The variant in use.");
   m.def("set_variant", &orchard_qmm::set_variant, "name"_a, "Use another supported variant (for tests).");

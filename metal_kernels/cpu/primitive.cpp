@@ -12,6 +12,7 @@
 #include "mlx/primitives.h"
 #include "mlx/utils.h"
 #include "qmm_run.h"
+#include "support.h"
 
 namespace orchard_qmm {
 
@@ -48,57 +49,10 @@ DType to_dtype(mx::Dtype t) {
   return DType::f32;
 }
 
-// A row-major copy of `src` (any strides, broadcasts included) into `dst`. Run on the stream thread,
-// once `src` holds its values. Only unusual callers pass a strided view; weights never are.
-void copy_strided(const mx::array& src, mx::array& dst) {
-  const size_t item = src.itemsize();
-  const char* in = src.data<char>();
-  char* out = dst.data<char>();
-  const int ndim = src.ndim();
-  if (ndim == 0) {
-    std::memcpy(out, in, item);
-    return;
-  }
-  std::vector<int> index(ndim, 0);
-  const size_t total = src.size();
-  for (size_t i = 0; i < total; i++) {
-    int64_t offset = 0;
-    for (int d = 0; d < ndim; d++) offset += static_cast<int64_t>(index[d]) * src.strides()[d];
-    std::memcpy(out + i * item, in + offset * static_cast<int64_t>(item), item);
-    for (int d = ndim - 1; d >= 0; d--) {
-      if (++index[d] < src.shape(d)) break;
-      index[d] = 0;
-    }
-  }
-}
-
-// Schedules `compute(dense inputs, out)` on the primitive's CPU stream. Inputs that are strided
-// views get a row-major copy there first (once their values exist): only unusual callers pass
-// those; weights never are.
-template <typename Compute>
-void dispatch_dense(mx::Stream stream, const std::vector<mx::array>& inputs, mx::array& out, Compute compute) {
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& encoder = mx::cpu::get_command_encoder(stream);
-  std::vector<mx::array> sources = inputs;
-  std::vector<mx::array> dense;
-  for (const auto& in : inputs) {
-    if (in.flags().row_contiguous) {
-      dense.push_back(in);
-    } else {
-      mx::array copy(in.shape(), in.dtype(), nullptr, {});
-      copy.set_data(mx::allocator::malloc(copy.nbytes()));
-      dense.push_back(copy);
-      encoder.add_temporary(copy);
-    }
-  }
-  for (const auto& in : inputs) encoder.set_input_array(in);
-  encoder.set_output_array(out);
-  encoder.dispatch([sources = std::move(sources), dense = std::move(dense), out, compute]() mutable {
-    for (size_t i = 0; i < sources.size(); i++) {
-      if (!sources[i].flags().row_contiguous) copy_strided(sources[i], dense[i]);
-    }
-    compute(dense, out);
-  });
+// The quantized kernels read row-major inputs only: strided views (unusual callers; weights never
+// are) get a row-major copy first.
+bool not_row_major(const mx::array& a) {
+  return !a.flags().row_contiguous;
 }
 
 // The weight half of a Problem: w, scales, biases.
@@ -127,7 +81,7 @@ class NativeQuantizedMatmul : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     const int group_size = group_size_, bits = bits_;
     const Variant* variant = &current_variant();
-    dispatch_dense(stream(), inputs, out, [group_size, bits, variant](std::vector<mx::array>& in, mx::array& y) {
+    dispatch(stream(), inputs, out, not_row_major, [group_size, bits, variant](std::vector<mx::array>& in, mx::array& y) {
       const mx::array& x = in[0];
       Problem p = weight_problem(in[1], in[2], in[3], group_size, bits);
       p.M = static_cast<int>(x.size() / (p.K ? p.K : 1));
@@ -171,7 +125,7 @@ class NativeDequantize : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     const int group_size = group_size_, bits = bits_;
     const Variant* variant = &current_variant();
-    dispatch_dense(stream(), inputs, out, [group_size, bits, variant](std::vector<mx::array>& in, mx::array& y) {
+    dispatch(stream(), inputs, out, not_row_major, [group_size, bits, variant](std::vector<mx::array>& in, mx::array& y) {
       Problem p = weight_problem(in[0], in[1], in[2], group_size, bits);
       p.out = y.data<void>();
       p.out_type = DType::f32;
@@ -229,12 +183,6 @@ int check_weight(const mx::array& w, const mx::array& scales, const std::optiona
   return static_cast<int>(K);
 }
 
-mx::Stream cpu_stream(mx::StreamOrDevice s) {
-  mx::Stream stream = mx::to_stream(s, mx::Device::cpu);
-  if (stream.device != mx::Device::cpu) invalid("the stream must be a CPU stream");
-  return stream;
-}
-
 }  // namespace
 
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
@@ -250,14 +198,14 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
   mx::Dtype out_type = mx::promote_types(mx::promote_types(x.dtype(), scales.dtype()), biases->dtype());
   mx::Shape out_shape = x.shape();
   out_shape.back() = w.shape(0);
-  return mx::array(out_shape, out_type, std::make_shared<NativeQuantizedMatmul>(cpu_stream(s), group_size, bits),
+  return mx::array(out_shape, out_type, std::make_shared<NativeQuantizedMatmul>(cpu_stream(s, "quantized_matmul"), group_size, bits),
                    {x, w, scales, *biases});
 }
 
 mx::array dequantize(const mx::array& w, const mx::array& scales, const std::optional<mx::array>& biases,
                      int group_size, int bits, mx::StreamOrDevice s) {
   const int K = check_weight(w, scales, biases, group_size, bits);
-  return mx::array({w.shape(0), K}, mx::float32, std::make_shared<NativeDequantize>(cpu_stream(s), group_size, bits),
+  return mx::array({w.shape(0), K}, mx::float32, std::make_shared<NativeDequantize>(cpu_stream(s, "dequantize"), group_size, bits),
                    {w, scales, *biases});
 }
 

@@ -157,6 +157,8 @@ ActLayout act_layout(int M, int K, int group_size) {
   offset = align_up(offset + sizeof(float) * M * a.pairs * 16);
   a.xsum = offset;
   offset = align_up(offset + sizeof(float) * M * a.groups);
+  a.xf = offset;
+  offset = align_up(offset + sizeof(float) * M * K);
   a.bytes = offset;
   return a;
 }

@@ -48,6 +48,7 @@ struct ActLayout {
   size_t dx;            // float [M][blocks]: the block's step
   size_t dxv;           // float [M][pairs][16]: dx of a pair of blocks, each repeated 8 times (512-bit lanes)
   size_t xsum;          // float [M][groups]: exact sum of x over the group
+  size_t xf;            // float [M][K]: x itself, in the order a variant's float path reads it (qmm_impl.h)
   size_t bytes;         // total
 };
 

@@ -111,7 +111,14 @@ inline void to_float(const void* base, DType t, size_t offset, int count, float*
   } else {
     const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
     int i = 0;
-#if defined(__F16C__)
+#if defined(ORCHARD_QMM_AVX512)
+    // A row of float16 scales (K / 32 of them: 20 for a 640-wide weight) per output: whole vectors
+    // and a masked tail, where scalar conversions of the tail cost as much as the row's dot products.
+    for (; i < count; i += 16) {
+      const __mmask16 lanes = count - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (count - i)) - 1);
+      _mm512_mask_storeu_ps(out + i, lanes, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, src + i)));
+    }
+#elif defined(__F16C__)
     for (; i + 8 <= count; i += 8) {
       _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
     }
@@ -253,7 +260,51 @@ inline int16_t* act_position(int16_t* row, int block, int half, int part) {
                      : row + block * 64 + part * 32 + half * 16;
 }
 
+// Several rows at once: where a variant has it, a float path (float_tile below) multiplies each
+// block's codes, converted to float and scaled once, with every row's float32 x by FMA. That shares
+// the weight's unpacking between the rows and keeps x exact, where the integer path does two dot
+// products per row and block; at one or two rows the integer path is faster.
+#if defined(ORCHARD_QMM_AVX512)
+constexpr int kFloatMinRows = 3;
+#else
+constexpr int kFloatMinRows = 1 << 30;  // no float path: the integer one for every row count
+#endif
+
+inline bool float_path(const Problem& p) {
+  return p.M >= kFloatMinRows;
+}
+
+// The float path's x: per block of 32, for 4 bits the inputs of the low nibbles (0, 2, ..., 30) then
+// of the high nibbles (1, 3, ..., 31), as the codes unpack; for other widths in order. Plus xsum.
+void prepare_float(const Problem& p, const ActLayout& a, uint8_t* act) {
+  const int K = p.K;
+  const int blocks_per_group = p.group_size / kBlock;
+  for (int m = 0; m < p.M; m++) {
+    float* xf = reinterpret_cast<float*>(act + a.xf) + static_cast<size_t>(m) * K;
+    float* xsum = reinterpret_cast<float*>(act + a.xsum) + static_cast<size_t>(m) * a.groups;
+    for (int g = 0; g < a.groups; g++) xsum[g] = 0.0f;
+    for (int b = 0; b < a.blocks; b++) {
+      alignas(64) float v[kBlock];
+      to_float(p.x, p.x_type, static_cast<size_t>(m) * K + static_cast<size_t>(b) * kBlock, kBlock, v);
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int i = 0; i < kBlock; i++) sum += v[i];
+      xsum[b / blocks_per_group] += sum;
+      float* out = xf + static_cast<size_t>(b) * kBlock;
+      if (p.bits == 4) {
+        for (int i = 0; i < 16; i++) {
+          out[i] = v[2 * i];
+          out[16 + i] = v[2 * i + 1];
+        }
+      } else {
+        std::memcpy(out, v, sizeof(v));
+      }
+    }
+  }
+}
+
 void prepare_impl(const Problem& p, const ActLayout& a, uint8_t* act) {
+  if (float_path(p)) return prepare_float(p, a, act);
   const int K = p.K;
   const int blocks_per_group = p.group_size / kBlock;
   const bool nibbles = p.bits == 4;
@@ -396,6 +447,48 @@ inline void tile(const Problem& p, const ActLayout& a, const uint8_t* act, const
       }
       __m512 sv = _mm512_set1_ps(scales[g]);
       for (int m = 0; m < MT; m++) acc[m] = _mm512_fmadd_ps(gacc[m], sv, acc[m]);
+    }
+  }
+  for (int m = 0; m < MT; m++) y[m] = _mm512_reduce_add_ps(acc[m]);
+}
+
+// A block's 32 codes as two float vectors, in the order prepare_float lays x out.
+template <int BITS>
+inline void float_codes(const uint8_t* row, int block, const uint8_t* end, __m512& first, __m512& second) {
+  if constexpr (BITS == 4) {
+    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * block)));
+    first = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(0x0F)));
+    second = _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+  } else if constexpr (BITS == 8) {
+    const uint8_t* src = row + 32 * block;
+    first = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+    second = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16))));
+  } else {
+    __m512i codes = unpack32<BITS>(row + block * 4 * BITS, end);  // int16 lanes: codes 0..15, then 16..31
+    first = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(codes)));
+    second = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(codes, 1)));
+  }
+}
+
+// MT rows of one output on the float path, without the bias term: sum over blocks of
+// (scale * code) . x, the scaled codes computed once for all MT rows.
+template <int BITS, int MT>
+inline void float_tile(const Problem& p, const ActLayout& a, const uint8_t* act, const uint8_t* row,
+                       const float* scales, int m0, float* y) {
+  const float* xf[MT];
+  for (int m = 0; m < MT; m++) xf[m] = reinterpret_cast<const float*>(act + a.xf) + static_cast<size_t>(m0 + m) * p.K;
+  __m512 acc[MT];
+  for (int m = 0; m < MT; m++) acc[m] = _mm512_setzero_ps();
+  const int blocks_per_group = p.group_size / kBlock;
+  for (int b = 0; b < a.blocks; b++) {
+    __m512 first, second;
+    float_codes<BITS>(row, b, p.w_end, first, second);
+    const __m512 scale = _mm512_set1_ps(scales[b / blocks_per_group]);
+    first = _mm512_mul_ps(first, scale);
+    second = _mm512_mul_ps(second, scale);
+    for (int m = 0; m < MT; m++) {
+      acc[m] = _mm512_fmadd_ps(first, _mm512_loadu_ps(xf[m] + kBlock * b), acc[m]);
+      acc[m] = _mm512_fmadd_ps(second, _mm512_loadu_ps(xf[m] + kBlock * b + 16), acc[m]);
     }
   }
   for (int m = 0; m < MT; m++) y[m] = _mm512_reduce_add_ps(acc[m]);
@@ -578,6 +671,9 @@ inline void tile_rows(const Problem& p, const ActLayout& a, const uint8_t* act, 
   if constexpr (MT > 1) {
     if (count < MT) return tile_rows<BITS, MT - 1>(p, a, act, row, scales, m0, count, y);
   }
+#if defined(ORCHARD_QMM_AVX512)
+  if (float_path(p)) return float_tile<BITS, MT>(p, a, act, row, scales, m0, y);
+#endif
   tile<BITS, MT>(p, a, act, row, scales, m0, y);
 }
 

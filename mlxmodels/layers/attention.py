@@ -100,13 +100,19 @@ class Attention(nn.Module):
             q, k = self.q_norm(q.reshape(B, L, -1)), self.k_norm(k)
         if self.clip_qkv is not None:
             q, k, v = (mx.clip(t, -self.clip_qkv, self.clip_qkv) for t in (q, k, v))
-        q = q.reshape(B, L, self.num_heads, self.head_dim)
-        k = k.reshape(B, L, self.num_kv_heads, self.head_dim)
-        v = v.reshape(B, L, self.num_kv_heads, self.head_dim)
+        # Heads first: [B, heads, L, D]. For one token [B, 1, heads, D] is the same memory, so a single
+        # reshape does it (a reshape and a transpose are two operations per projection and step).
+        heads = ((self.num_heads, q), (self.num_kv_heads, k), (self.num_kv_heads, v))
+        if L == 1:
+            q, k, v = (t.reshape(B, n, 1, self.head_dim) for n, t in heads)
+        else:
+            q, k, v = (t.reshape(B, L, n, self.head_dim) for n, t in heads)
         if self.qk_norm in ("rms", "offset_rms", "unit_rms"):
-            # Llama 4 normalises after RoPE; a rotation keeps each head's norm, so before is the same.
+            # Per head (the last axis), either order. Llama 4 normalises after RoPE; a rotation keeps
+            # each head's norm, so before is the same.
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+        if L > 1:
+            q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
 
         offset = cache.offset if cache is not None else 0
         if self.rope is not None:
@@ -128,7 +134,7 @@ class Attention(nn.Module):
             out = self._attend_quantized(q, k, v, mask, cache)
         else:
             out = self._attend(q, k, v, mask)
-        out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
+        out = out.reshape(B, L, -1) if L == 1 else out.transpose(0, 2, 1, 3).reshape(B, L, -1)
         if self.output_gate:
             out = out * mx.sigmoid(gate.reshape(B, L, -1))
         return self.o_proj(out)

@@ -24,12 +24,12 @@ path off for A/B comparisons.
 from __future__ import annotations
 
 import math
-import os
 from functools import partial
 
 import mlx.core as mx
 
 from metal_kernels import backend_name
+from metal_kernels.backend import environment
 
 _LOG2E = 1.4426950408889634
 # ln 2 split in two (Cody and Waite): n * _LN2_HI is exact in float32 for |n| <= 126, so the reduced
@@ -47,7 +47,7 @@ MODES = ("auto", "mlx")
 def mode() -> str:
     """ORCHARD_CPU_MATH (read on every call, so tests and A/B runs can switch it): 'auto' (default)
     uses this module on the CPU backend, 'mlx' keeps MLX's own ops everywhere."""
-    value = os.environ.get("ORCHARD_CPU_MATH", "auto").strip().lower() or "auto"
+    value = environment("ORCHARD_CPU_MATH", "auto").strip().lower() or "auto"
     if value not in MODES:
         raise ValueError(f"ORCHARD_CPU_MATH={value!r} is not one of {', '.join(MODES)}")
     return value

@@ -3,6 +3,8 @@
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlxmodels.layers import ops
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dims: int, eps: float = 1e-6):
@@ -11,7 +13,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.rms_norm(x, self.weight, self.eps)
+        return ops.rms_norm(x, self.weight, self.eps)
 
 
 class OffsetRMSNorm(RMSNorm):
@@ -22,7 +24,18 @@ class OffsetRMSNorm(RMSNorm):
         self.weight = mx.zeros((dims,))
 
     def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.rms_norm(x, 1.0 + self.weight, self.eps)
+        return ops.rms_norm(x, self._scale(), self.eps)
+
+    def _scale(self) -> mx.array:
+        """`1 + weight`, computed once per weight array rather than once per call (a decode step
+        would add an operation per norm; Gemma 3 has four norms a layer and two per-head ones).
+        Kept outside the module's parameters, and made again when the weight is replaced (loading,
+        a dtype change)."""
+        cached = self.__dict__.get("_plus_one")
+        if cached is None or cached[0] is not self.weight:
+            cached = (self.weight, 1.0 + self.weight)
+            self.__dict__["_plus_one"] = cached
+        return cached[1]
 
 
 class UnitRMSNorm(nn.Module):
@@ -33,4 +46,4 @@ class UnitRMSNorm(nn.Module):
         self.eps = eps
 
     def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.rms_norm(x, None, self.eps)
+        return ops.rms_norm(x, None, self.eps)

@@ -3,8 +3,11 @@
 Model layers (attention, MLA, RoPE, the MLPs) describe their math once and call these functions;
 each picks the implementation for the array it is given:
 
-- on the CPU backend with float32 arrays, Orchard's multiply-add forms (`cpu_math`: MLX's CPU
-  backend evaluates exp/sigmoid/tanh one element at a time and runs `mx.fast` attention as plain ops);
+- on the CPU backend with float32 arrays, Orchard's native fused operations where they are built
+  (`metal_kernels.cpu`: RMS norm, table RoPE and one-query attention as one operation each, where
+  MLX's CPU backend runs `mx.fast.*` as 10-30 plain operations whose per-operation cost dominates a
+  decode step), else Orchard's multiply-add forms (`cpu_math`: MLX's CPU backend evaluates
+  exp/sigmoid/tanh one element at a time);
 - a quantized KV cache goes to the custom decode-attention kernel (`metal_kernels`), which reads
   the packed keys and values directly;
 - everywhere else, MLX's fused ops (`mx.fast.*`).
@@ -19,13 +22,40 @@ from typing import Callable
 
 import mlx.core as mx
 
+from metal_kernels import cpu as native
 from metal_kernels import quantized_decode_attention
+from metal_kernels.quantized import native_enabled
 from mlxmodels.cache import window_mask
 from mlxmodels.layers import cpu_math
 
 # Activations whose gated product `act(gate) * up` has a fused CPU form in cpu_math.
 _CPU_GATED = {"silu": "silu_mul", "swish": "silu_mul", "gelu_pytorch_tanh": "gelu_approx_mul",
               "gelu_tanh": "gelu_approx_mul"}
+# The native operation's code for each fused form (metal_kernels/cpu/fused.h).
+_NATIVE_GATED = {"silu_mul": 0, "gelu_approx_mul": 1}
+
+
+def _fused(x: mx.array) -> bool:
+    """Whether `x` takes the native fused CPU operations (ORCHARD_CPU_MATH=mlx or
+    ORCHARD_KERNELS=builtin switch them off)."""
+    return cpu_math.enabled(x) and native_enabled()
+
+
+def rms_norm(x: mx.array, weight: mx.array | None, eps: float) -> mx.array:
+    """x * rsqrt(mean(x^2, -1) + eps) * weight (no weight: unscaled)."""
+    if _fused(x) and (weight is None or weight.dtype == mx.float32):
+        return native.module().rms_norm(x, weight, eps)
+    return mx.fast.rms_norm(x, weight, eps)
+
+
+def _decode_mask_fits(mask, batch: int, keys: int) -> bool:
+    """Whether the native one-query attention takes `mask`: none, or bool/float32 broadcasting to
+    [B, 1, 1, S] (a single sequence's or a batch's per-row mask)."""
+    if mask is None or isinstance(mask, str):
+        return True
+    shape = (1,) * (4 - mask.ndim) + tuple(mask.shape)
+    return (mask.ndim <= 4 and mask.dtype in (mx.bool_, mx.float32) and shape[1] == shape[2] == 1
+            and shape[0] in (1, batch) and shape[3] in (1, keys))
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None, softcap: float | None = None,
@@ -34,6 +64,10 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None, so
     (grouped-query when H_kv < H). `mask`: None, "causal", or a boolean/additive array that
     broadcasts to the scores (a batch's per-row [B, 1, L, S] included); `softcap`: Gemma 2's tanh
     cap on the scores; `sinks`: gpt-oss's per-head sink logits."""
+    if (q.shape[2] == 1 and softcap is None and _fused(q) and k.dtype == v.dtype == mx.float32
+            and _decode_mask_fits(mask, q.shape[0], k.shape[2])
+            and (sinks is None or sinks.dtype == mx.float32)):
+        return native.module().decode_attention(q, k, v, scale, None if isinstance(mask, str) else mask, sinks)
     if cpu_math.enabled(q):
         return cpu_math.attention(q, k, v, scale, mask, softcap, sinks)
     if softcap is None:
@@ -78,9 +112,12 @@ def quantized_attention(q: mx.array, k: tuple, v: tuple, scale: float, bits: int
 def gated(act: Callable, name: str) -> Callable:
     """(gate, up) -> act(gate) * up, fused into one loop on the CPU where `name` has a fused form."""
     fused = _CPU_GATED.get(name)
+    native_kind = _NATIVE_GATED.get(fused)
 
     def product(gate: mx.array, up: mx.array) -> mx.array:
         if fused is not None and cpu_math.enabled(gate):
+            if native_enabled() and up.dtype == mx.float32 and gate.shape == up.shape:
+                return native.module().gated_activation(gate, up, native_kind)
             return getattr(cpu_math, fused)(gate, up)
         return act(gate) * up
 
@@ -98,3 +135,13 @@ def rotate(x: mx.array, offset, fused: Callable, tables: Callable | None) -> mx.
     if tables is not None and cpu_math.enabled(x):
         return tables(x, offset)
     return fused(x, offset)
+
+
+def rotate_by_tables(x: mx.array, cos: mx.array, sin: mx.array, offsets: mx.array, dims: int, traditional: bool,
+                     composed: Callable) -> mx.array:
+    """The tables path of `rotate`: x [..., L, D] with token l of row b at position offsets[b] + l
+    (int32 [1] or [B]) and whole [P, dims] tables, as one native operation where it is built, else
+    `composed()` (slices of the tables and multiply-adds)."""
+    if _fused(x):
+        return native.module().rope(x, cos, sin, offsets, dims, traditional)
+    return composed()

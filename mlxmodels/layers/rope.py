@@ -207,13 +207,22 @@ class RoPE(nn.Module):
 
     def _rotate_with_tables(self, x: mx.array, offset: int | mx.array) -> mx.array:
         L = x.shape[-2]
-        if isinstance(offset, mx.array):  # per-row positions: gather each row's [L, dims] slice
-            positions = offset[:, None] + mx.arange(L)
+        if isinstance(offset, mx.array):  # per-row positions
             # tolist() reads the (evaluated) offsets; mx.max would wait for queued work to finish.
-            cos, sin = self._tables(max(offset.tolist()) + L)
+            tables = self._tables(max(offset.tolist()) + L)
+            starts = offset.astype(mx.int32)
+        else:
+            tables = self._tables(offset + L, self._uses_long_factors(offset + L))
+            starts = mx.array([offset], dtype=mx.int32)
+        return ops.rotate_by_tables(x, *tables, starts, self.dims, self.traditional,
+                                    lambda: self._rotate_composed(x, offset, *tables))
+
+    def _rotate_composed(self, x: mx.array, offset: int | mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+        L = x.shape[-2]
+        if isinstance(offset, mx.array):  # gather each row's [L, dims] slice
+            positions = offset[:, None] + mx.arange(L)
             cos, sin = cos[positions][:, None], sin[positions][:, None]  # [B, 1, L, dims]
         else:
-            cos, sin = self._tables(offset + L, self._uses_long_factors(offset + L))
             cos, sin = cos[offset : offset + L], sin[offset : offset + L]
         rotate = _rotate_pairs if self.traditional else _rotate_halves
         if self.dims == x.shape[-1]:

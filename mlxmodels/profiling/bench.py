@@ -115,10 +115,12 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
               group_size: int = 64, compare: str | list[str] | None = None, baseline_dtype: str = "float32",
               cpu_weights: str = "auto", prefill_step: int = 512, batch: int = 1, layers: int | None = None,
               overrides: dict | None = None, progress: Callable[[str], None] = lambda s: None,
-              speculative: Callable | None = None, prompt_file: Path | None = None) -> dict:
+              speculative: Callable | None = None, prompt_file: Path | None = None,
+              loader: Callable | None = None) -> dict:
     """`speculative(model, tokenizer)` -> a SpeculativeDecoder: Orchard speculates, and plain Orchard
     runs interleaved as a baseline ("orchard plain"), so the ratios are the speed-up. `prompt_file`:
-    the prompt text instead of the shipped one, through the model's chat template."""
+    the prompt text instead of the shipped one, through the model's chat template. `loader(path)`:
+    loads the model instead of `load_model` (a rank's part of it, over several ranks)."""
     if repetitions < 1:
         raise OrchardError(f"-r/--repetitions must be at least 1, got {repetitions}")
     if prefill_step < 1:
@@ -167,7 +169,7 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
         # Resolving may download or convert (the default model's first use): not load time.
         path = resolve(None if model_ref is None else str(model_ref), progress=progress)
         t0 = time.perf_counter()
-        model = load_model(path, cpu_weights=cpu_weights)
+        model = loader(path) if loader is not None else load_model(path, cpu_weights=cpu_weights)
         mx.eval(model.parameters())  # weights are memory-mapped lazily: count reading them too
         name = Path(model.info.path).name if model_ref is None else str(model_ref)
         source_ref = str(model.info.path)

@@ -1,0 +1,541 @@
+// The fused operations of fused.h as MLX primitives (eval_cpu only). The loops are plain C++ that the
+// compiler vectorizes; where GCC or Clang can, each hot loop is built for AVX-512, AVX2 and baseline
+// x86-64 and the CPU picks at load time (target_clones), so this file needs no per-variant build.
+#include "fused.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+#include "support.h"
+#include "threads.h"
+
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define ORCHARD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef ORCHARD_CLONES
+#define ORCHARD_CLONES
+#endif
+
+namespace orchard_qmm {
+
+namespace mx = mlx::core;
+
+namespace {
+
+[[noreturn]] void invalid(const char* op, const std::string& message) {
+  throw std::invalid_argument(std::string("[orchard ") + op + "] " + message);
+}
+
+// The kernels below read any strides but the last axis's: only an input strided along its last axis
+// (rare: a broadcast, a transposed last axis) needs a row-major copy first.
+bool strided_rows(const mx::array& a) {
+  return !(a.ndim() == 0 || a.shape(-1) <= 1 || a.strides().back() == 1);
+}
+
+// The element offset of row `row` of `a` (rows: every index of all axes but the last), by its strides.
+int64_t row_offset(const mx::array& a, int64_t row) {
+  int64_t offset = 0;
+  for (int d = a.ndim() - 2; d >= 0; d--) {
+    offset += (row % a.shape(d)) * a.strides()[d];
+    row /= a.shape(d);
+  }
+  return offset;
+}
+
+std::string shape_string(const mx::array& a) {
+  std::string s = "(";
+  for (int i = 0; i < a.ndim(); i++) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+void require_float32(const char* op, const char* name, const mx::array& a) {
+  if (a.dtype() != mx::float32) invalid(op, std::string(name) + " must be float32");
+}
+
+// What the fused primitives share: they run on the CPU only.
+class FusedPrimitive : public mx::UnaryPrimitive {
+ public:
+  using mx::UnaryPrimitive::UnaryPrimitive;
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(std::string("[orchard ") + name() + "] runs on the CPU only");
+  }
+};
+
+// ------------------------------------------------------------------------------------------------
+// RMS normalisation
+
+ORCHARD_CLONES void norm_row(const float* x, const float* w, float* y, int D, float eps) {
+  float squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+  for (int i = 0; i < D; i++) squares += x[i] * x[i];
+  const float inverse = 1.0f / std::sqrt(squares / static_cast<float>(D) + eps);
+  if (w) {
+#pragma omp simd
+    for (int i = 0; i < D; i++) y[i] = (x[i] * inverse) * w[i];
+  } else {
+#pragma omp simd
+    for (int i = 0; i < D; i++) y[i] = x[i] * inverse;
+  }
+}
+
+class FusedRMSNorm : public FusedPrimitive {
+ public:
+  FusedRMSNorm(mx::Stream stream, float eps, bool weighted) : FusedPrimitive(stream), eps_(eps), weighted_(weighted) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const float eps = eps_;
+    const bool weighted = weighted_;
+    dispatch(stream(), inputs, out, strided_rows, [eps, weighted](std::vector<mx::array>& in, mx::array& y) {
+      const mx::array& x = in[0];
+      const int D = x.shape(-1);
+      const int64_t rows = D ? static_cast<int64_t>(x.size()) / D : 0;
+      const float* w = weighted ? in[1].data<float>() : nullptr;
+      for (int64_t r = 0; r < rows; r++) {
+        norm_row(x.data<float>() + row_offset(x, r), w, y.data<float>() + r * D, D, eps);
+      }
+    });
+  }
+
+  const char* name() const override {
+    return "OrchardRMSNorm";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const FusedRMSNorm&>(other);
+    return eps_ == o.eps_ && weighted_ == o.weighted_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ private:
+  float eps_;
+  bool weighted_;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Rotary embedding from tables
+
+ORCHARD_CLONES void rotate_row(const float* x, const float* c, const float* s, float* y, int dims, int D,
+                               bool traditional) {
+  if (traditional) {
+    for (int i = 0; i < dims; i += 2) {
+      y[i] = x[i] * c[i] + x[i + 1] * s[i];
+      y[i + 1] = x[i + 1] * c[i + 1] + x[i] * s[i + 1];
+    }
+  } else {
+    const int half = dims / 2;
+#pragma omp simd
+    for (int i = 0; i < half; i++) {
+      y[i] = x[i] * c[i] + x[i + half] * s[i];
+      y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+    }
+  }
+  for (int i = dims; i < D; i++) y[i] = x[i];
+}
+
+class FusedRope : public FusedPrimitive {
+ public:
+  FusedRope(mx::Stream stream, int dims, bool traditional)
+      : FusedPrimitive(stream), dims_(dims), traditional_(traditional) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const int dims = dims_;
+    const bool traditional = traditional_;
+    dispatch(stream(), inputs, out, strided_rows, [dims, traditional](std::vector<mx::array>& in, mx::array& y) {
+      const mx::array &x = in[0], &cos = in[1], &sin = in[2], &offsets = in[3];
+      const int D = x.shape(-1), L = x.shape(-2), positions = cos.shape(0);
+      const int64_t rows = D ? static_cast<int64_t>(x.size()) / D : 0;
+      const int64_t rows_per_batch = x.ndim() >= 3 && x.shape(0) ? rows / x.shape(0) : rows;
+      const bool per_row = offsets.size() > 1;
+      const int32_t* start = offsets.data<int32_t>();
+      for (int64_t r = 0; r < rows; r++) {
+        const int64_t position = start[per_row ? r / rows_per_batch : 0] + r % L;
+        float* yr = y.data<float>() + r * D;
+        if (position < 0 || position >= positions) {
+          // The caller sizes the tables (mlxmodels/layers/rope.py); NaN makes a mistake there loud
+          // rather than a silently wrong rotation (an exception cannot leave the stream thread).
+          for (int i = 0; i < D; i++) yr[i] = std::numeric_limits<float>::quiet_NaN();
+          continue;
+        }
+        rotate_row(x.data<float>() + row_offset(x, r), cos.data<float>() + row_offset(cos, position),
+                   sin.data<float>() + row_offset(sin, position), yr, dims, D, traditional);
+      }
+    });
+  }
+
+  const char* name() const override {
+    return "OrchardRope";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const FusedRope&>(other);
+    return dims_ == o.dims_ && traditional_ == o.traditional_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ private:
+  int dims_;
+  bool traditional_;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Attention for one query per head
+
+// e**x within ~1e-7 relative (the same reduction as mlxmodels/layers/cpu_math.py: 2**n * p(r),
+// |r| <= ln(2) / 2, degree-7 Taylor polynomial); a plain expression the compiler vectorizes.
+inline float exp_poly(float x) {
+  x = x < -87.33f ? -87.33f : (x > 87.33f ? 87.33f : x);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float power;
+  std::memcpy(&power, &bits, sizeof(power));
+  return p * power;
+}
+
+enum MaskKind : int { kNoMask = 0, kBoolMask = 1, kAdditiveMask = 2 };
+
+struct AttentionJob {
+  const float *q, *k, *v;
+  int64_t q_batch, q_head;                 // strides of q [B, H, 1, D]
+  int64_t k_batch, k_head, k_token;        // of k [B, H_kv, S, D]
+  int64_t v_batch, v_head, v_token;        // of v [B, H_kv, S, Dv]
+  int B, H, kv_heads, S, D, Dv;
+  float scale;
+  int mask_kind;
+  const void* mask;
+  int64_t mask_batch, mask_token;          // 0 where the mask broadcasts
+  const float* sinks;                      // nullptr: none
+  float* out;                              // [B, H, 1, Dv]
+};
+
+// One KV head of one batch row: its `groups` query heads read each key and value once.
+ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
+  const int groups = j.H / j.kv_heads, S = j.S, D = j.D, Dv = j.Dv;
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < static_cast<size_t>(groups) * S) scratch.resize(static_cast<size_t>(groups) * S);
+  float* scores = scratch.data();
+  const float* keys = j.k + b * j.k_batch + kv_head * j.k_head;
+  const float* values = j.v + b * j.v_batch + kv_head * j.v_head;
+  const float* queries = j.q + b * j.q_batch;
+  const int first_head = kv_head * groups;
+  for (int s = 0; s < S; s++) {
+    const float* key = keys + s * j.k_token;
+    for (int g = 0; g < groups; g++) {
+      const float* query = queries + (first_head + g) * j.q_head;
+      float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+      for (int i = 0; i < D; i++) dot += query[i] * key[i];
+      scores[g * S + s] = dot * j.scale;
+    }
+  }
+  if (j.mask_kind != kNoMask) {
+    for (int s = 0; s < S; s++) {
+      const int64_t at = b * j.mask_batch + s * j.mask_token;
+      for (int g = 0; g < groups; g++) {
+        float& score = scores[g * S + s];
+        if (j.mask_kind == kBoolMask) {
+          if (!static_cast<const bool*>(j.mask)[at]) score = -std::numeric_limits<float>::infinity();
+        } else {
+          score += static_cast<const float*>(j.mask)[at];
+        }
+      }
+    }
+  }
+  thread_local std::vector<float> totals;
+  if (totals.size() < static_cast<size_t>(groups)) totals.resize(groups);
+  for (int g = 0; g < groups; g++) {
+    const int h = first_head + g;
+    float* row = scores + g * S;
+    float top = -std::numeric_limits<float>::infinity();
+    for (int s = 0; s < S; s++) top = row[s] > top ? row[s] : top;
+    if (j.sinks) top = j.sinks[h] > top ? j.sinks[h] : top;
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int s = 0; s < S; s++) {
+      const float e = row[s] == -std::numeric_limits<float>::infinity() ? 0.0f : exp_poly(row[s] - top);
+      row[s] = e;
+      total += e;
+    }
+    if (j.sinks) total += exp_poly(j.sinks[h] - top);
+    totals[g] = total;
+    float* out = j.out + (static_cast<int64_t>(b) * j.H + h) * Dv;
+    for (int i = 0; i < Dv; i++) out[i] = 0.0f;
+  }
+  // Weighted values, normalised once at the end (Dv divisions per head rather than S).
+  for (int s = 0; s < S; s++) {
+    const float* value = values + s * j.v_token;
+    for (int g = 0; g < groups; g++) {
+      const float weight = scores[g * S + s];
+      if (weight == 0.0f) continue;
+      float* out = j.out + (static_cast<int64_t>(b) * j.H + first_head + g) * Dv;
+#pragma omp simd
+      for (int i = 0; i < Dv; i++) out[i] += weight * value[i];
+    }
+  }
+  for (int g = 0; g < groups; g++) {
+    const float inverse = 1.0f / totals[g];
+    float* out = j.out + (static_cast<int64_t>(b) * j.H + first_head + g) * Dv;
+#pragma omp simd
+    for (int i = 0; i < Dv; i++) out[i] *= inverse;
+  }
+}
+
+void attention_task(void* context, int task) {
+  const AttentionJob& job = *static_cast<const AttentionJob*>(context);
+  attend_kv_head(job, task / job.kv_heads, task % job.kv_heads);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Gated activations
+
+enum Activation : int { kSilu = 0, kGeluTanh = 1 };
+
+ORCHARD_CLONES void gated_row(const float* gate, const float* up, float* y, int n, int activation) {
+  if (activation == kSilu) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) y[i] = gate[i] * (1.0f / (1.0f + exp_poly(-gate[i]))) * up[i];
+  } else {  // 0.5 (1 + tanh(z)) = sigmoid(2 z), z = sqrt(2 / pi) (g + 0.044715 g^3)
+    const float c = 0.7978845608028654f;
+#pragma omp simd
+    for (int i = 0; i < n; i++) {
+      const float g = gate[i];
+      const float z = c * (g + 0.044715f * g * g * g);
+      y[i] = g * (1.0f / (1.0f + exp_poly(-2.0f * z))) * up[i];
+    }
+  }
+}
+
+struct GatedJob {
+  const mx::array *gate, *up;
+  float* out;
+  int width, activation;
+  int64_t rows, rows_per_task;
+};
+
+void gated_task(void* context, int task) {
+  const GatedJob& j = *static_cast<const GatedJob*>(context);
+  const int64_t end = std::min(j.rows, (task + 1) * j.rows_per_task);
+  for (int64_t r = task * j.rows_per_task; r < end; r++) {
+    gated_row(j.gate->data<float>() + row_offset(*j.gate, r), j.up->data<float>() + row_offset(*j.up, r),
+              j.out + r * j.width, j.width, j.activation);
+  }
+}
+
+// Elements below which a gated activation runs on the calling thread alone (a decode step's).
+constexpr int64_t kParallelElements = 1 << 16;
+
+class FusedGatedActivation : public FusedPrimitive {
+ public:
+  FusedGatedActivation(mx::Stream stream, int activation) : FusedPrimitive(stream), activation_(activation) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const int activation = activation_;
+    dispatch(stream(), inputs, out, strided_rows, [activation](std::vector<mx::array>& in, mx::array& y) {
+      GatedJob j{&in[0], &in[1], y.data<float>(), in[0].shape(-1), activation, 0, 0};
+      j.rows = j.width ? static_cast<int64_t>(in[0].size()) / j.width : 0;
+      ThreadPool& pool = ThreadPool::shared();
+      const int tasks = static_cast<int64_t>(in[0].size()) < kParallelElements ? 1 : pool.size() * 4;
+      j.rows_per_task = (j.rows + tasks - 1) / tasks;
+      if (tasks == 1 || j.rows < 2) {
+        j.rows_per_task = j.rows;
+        gated_task(&j, 0);
+      } else {
+        pool.run(static_cast<int>((j.rows + j.rows_per_task - 1) / j.rows_per_task), gated_task, &j);
+      }
+    });
+  }
+
+  const char* name() const override {
+    return "OrchardGatedActivation";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return activation_ == static_cast<const FusedGatedActivation&>(other).activation_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ private:
+  int activation_;
+};
+
+// Work (multiply-adds) below which one attention runs on the calling thread alone.
+constexpr int64_t kParallelWork = 1 << 15;
+
+class FusedDecodeAttention : public FusedPrimitive {
+ public:
+  FusedDecodeAttention(mx::Stream stream, float scale, int mask_kind, bool sinks)
+      : FusedPrimitive(stream), scale_(scale), mask_kind_(mask_kind), sinks_(sinks) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const float scale = scale_;
+    const int mask_kind = mask_kind_;
+    const bool sinks = sinks_;
+    dispatch(stream(), inputs, out, strided_rows, [scale, mask_kind, sinks](std::vector<mx::array>& in, mx::array& y) {
+      const mx::array &q = in[0], &k = in[1], &v = in[2];
+      AttentionJob j{};
+      j.q = q.data<float>();
+      j.k = k.data<float>();
+      j.v = v.data<float>();
+      j.q_batch = q.strides()[0], j.q_head = q.strides()[1];
+      j.k_batch = k.strides()[0], j.k_head = k.strides()[1], j.k_token = k.strides()[2];
+      j.v_batch = v.strides()[0], j.v_head = v.strides()[1], j.v_token = v.strides()[2];
+      j.B = q.shape(0), j.H = q.shape(1), j.kv_heads = k.shape(1), j.S = k.shape(2);
+      j.D = q.shape(3), j.Dv = v.shape(3);
+      j.scale = scale;
+      j.mask_kind = mask_kind;
+      int next = 3;
+      if (mask_kind != kNoMask) {
+        const mx::array& m = in[next++];
+        const int nd = m.ndim();
+        j.mask = m.data<void>();
+        j.mask_batch = nd >= 4 && m.shape(0) > 1 ? m.strides()[0] : 0;
+        j.mask_token = nd >= 1 && m.shape(-1) > 1 ? m.strides()[nd - 1] : 0;
+      }
+      j.sinks = sinks ? in[next].data<float>() : nullptr;
+      j.out = y.data<float>();
+      const int tasks = j.B * j.kv_heads;
+      if (j.S == 0) {
+        std::memset(j.out, 0, y.nbytes());
+      } else if (static_cast<int64_t>(j.B) * j.H * j.S * (j.D + j.Dv) < kParallelWork || tasks < 2) {
+        for (int t = 0; t < tasks; t++) attention_task(&j, t);
+      } else {
+        ThreadPool::shared().run(tasks, attention_task, &j);
+      }
+    });
+  }
+
+  const char* name() const override {
+    return "OrchardDecodeAttention";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const FusedDecodeAttention&>(other);
+    return scale_ == o.scale_ && mask_kind_ == o.mask_kind_ && sinks_ == o.sinks_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {{inputs[0].shape(0), inputs[0].shape(1), 1, inputs[2].shape(3)}};
+  }
+
+ private:
+  float scale_;
+  int mask_kind_;
+  bool sinks_;
+};
+
+}  // namespace
+
+mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps, mx::StreamOrDevice s) {
+  const char* op = "rms_norm";
+  require_float32(op, "x", x);
+  if (x.ndim() < 1) invalid(op, "x must have at least one axis");
+  std::vector<mx::array> inputs = {x};
+  if (weight) {
+    require_float32(op, "weight", *weight);
+    if (weight->ndim() != 1 || weight->shape(0) != x.shape(-1)) {
+      invalid(op, "weight " + shape_string(*weight) + " does not match x's last axis " + std::to_string(x.shape(-1)));
+    }
+    inputs.push_back(*weight);
+  }
+  return mx::array(x.shape(), mx::float32, std::make_shared<FusedRMSNorm>(cpu_stream(s, op), eps, weight.has_value()),
+                   inputs);
+}
+
+mx::array rope(const mx::array& x, const mx::array& cos, const mx::array& sin, const mx::array& offsets, int dims,
+               bool traditional, mx::StreamOrDevice s) {
+  const char* op = "rope";
+  require_float32(op, "x", x);
+  require_float32(op, "cos", cos);
+  require_float32(op, "sin", sin);
+  if (x.ndim() < 2) invalid(op, "x must be [..., L, D]");
+  if (dims < 2 || dims % 2 || dims > x.shape(-1)) {
+    invalid(op, "dims must be even and at most x's last axis " + std::to_string(x.shape(-1)) + ", got " +
+                    std::to_string(dims));
+  }
+  if (cos.ndim() != 2 || cos.shape(1) != dims || sin.shape() != cos.shape()) {
+    invalid(op, "cos and sin must both be [positions, " + std::to_string(dims) + "], got " + shape_string(cos) +
+                    " and " + shape_string(sin));
+  }
+  if (offsets.dtype() != mx::int32 || offsets.ndim() != 1 ||
+      (offsets.size() != 1 && (x.ndim() < 3 || static_cast<int>(offsets.size()) != x.shape(0)))) {
+    invalid(op, "offsets must be int32 [1] or [batch], got " + shape_string(offsets));
+  }
+  return mx::array(x.shape(), mx::float32, std::make_shared<FusedRope>(cpu_stream(s, op), dims, traditional),
+                   {x, cos, sin, offsets});
+}
+
+mx::array decode_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                           const std::optional<mx::array>& mask, const std::optional<mx::array>& sinks,
+                           mx::StreamOrDevice s) {
+  const char* op = "decode_attention";
+  require_float32(op, "q", q);
+  require_float32(op, "k", k);
+  require_float32(op, "v", v);
+  if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4 || q.shape(2) != 1) {
+    invalid(op, "q must be [B, H, 1, D] and k, v [B, H_kv, S, D], got " + shape_string(q) + ", " + shape_string(k) +
+                    ", " + shape_string(v));
+  }
+  const int B = q.shape(0), H = q.shape(1), kv_heads = k.shape(1), S = k.shape(2);
+  if (k.shape(0) != B || v.shape(0) != B || v.shape(1) != kv_heads || v.shape(2) != S || k.shape(3) != q.shape(3) ||
+      kv_heads == 0 || H % kv_heads) {
+    invalid(op, "shapes do not match: q " + shape_string(q) + ", k " + shape_string(k) + ", v " + shape_string(v));
+  }
+  std::vector<mx::array> inputs = {q, k, v};
+  int mask_kind = kNoMask;
+  if (mask) {
+    const mx::array& m = *mask;
+    bool fits = m.ndim() <= 4 && (m.ndim() < 1 || m.shape(-1) == 1 || m.shape(-1) == S);
+    for (int d = 2; d <= 3 && d <= m.ndim(); d++) fits = fits && m.shape(-d) == 1;
+    fits = fits && (m.ndim() < 4 || m.shape(0) == 1 || m.shape(0) == B);
+    if (!fits) invalid(op, "mask " + shape_string(*mask) + " does not broadcast to [B, 1, 1, S]");
+    if (m.dtype() == mx::bool_) {
+      mask_kind = kBoolMask;
+    } else if (m.dtype() == mx::float32) {
+      mask_kind = kAdditiveMask;
+    } else {
+      invalid(op, "mask must be bool or float32");
+    }
+    inputs.push_back(m);
+  }
+  if (sinks) {
+    require_float32(op, "sinks", *sinks);
+    if (sinks->ndim() != 1 || sinks->shape(0) != H) invalid(op, "sinks must be [H], got " + shape_string(*sinks));
+    inputs.push_back(*sinks);
+  }
+  return mx::array({B, H, 1, v.shape(3)}, mx::float32,
+                   std::make_shared<FusedDecodeAttention>(cpu_stream(s, op), scale, mask_kind, sinks.has_value()),
+                   inputs);
+}
+
+mx::array gated_activation(const mx::array& gate, const mx::array& up, int activation, mx::StreamOrDevice s) {
+  const char* op = "gated_activation";
+  require_float32(op, "gate", gate);
+  require_float32(op, "up", up);
+  if (gate.shape() != up.shape() || gate.ndim() < 1) {
+    invalid(op, "gate " + shape_string(gate) + " and up " + shape_string(up) + " must have one shape");
+  }
+  if (activation != kSilu && activation != kGeluTanh) invalid(op, "activation must be 0 (silu) or 1 (gelu_tanh)");
+  return mx::array(gate.shape(), mx::float32, std::make_shared<FusedGatedActivation>(cpu_stream(s, op), activation),
+                   {gate, up});
+}
+
+}  // namespace orchard_qmm

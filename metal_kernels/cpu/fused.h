@@ -1,0 +1,39 @@
+// Fused CPU forms of the small operations a decode step runs in every layer. MLX's CPU backend runs
+// mx.fast.rms_norm, mx.fast.rope and mx.fast.scaled_dot_product_attention as 10-30 plain operations
+// each; at one token per step the cost of each operation (an allocation, a hand-off to the stream
+// thread) outweighs its arithmetic. Each of these is one operation. float32 only (the CPU backend's
+// compute dtype); inputs may be strided views.
+#pragma once
+
+#include <optional>
+
+#include "mlx/array.h"
+#include "mlx/utils.h"
+
+namespace orchard_qmm {
+
+// x * rsqrt(mean(x^2, axis=-1) + eps) * weight (no weight: unscaled), like mx.fast.rms_norm.
+mlx::core::array rms_norm(const mlx::core::array& x, const std::optional<mlx::core::array>& weight, float eps,
+                          mlx::core::StreamOrDevice s);
+
+// Rotary embedding from tables: for x [..., L, D] whose token l of batch row b sits at position
+// offsets[b] + l (offsets [1] or [x.shape(0)], int32), the first `dims` features become
+// x * cos[p] + swap(x) * sin[p] (swap: the halves exchanged, or each pair's two values when
+// `traditional`); the rest are copied. cos and sin are [P, dims] float32 with P above every position.
+mlx::core::array rope(const mlx::core::array& x, const mlx::core::array& cos, const mlx::core::array& sin,
+                      const mlx::core::array& offsets, int dims, bool traditional, mlx::core::StreamOrDevice s);
+
+// softmax(q k^T * scale + mask) v for one query per head: q [B, H, 1, D], k [B, H_kv, S, D],
+// v [B, H_kv, S, Dv] (H a multiple of H_kv: grouped-query heads share their KV head). `mask`
+// broadcasts to [B, 1, 1, S]: bool (true: attend) or float32 (added to the scores). `sinks` [H]: a
+// logit per head that joins the softmax's denominator with no value (gpt-oss).
+mlx::core::array decode_attention(const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v,
+                                  float scale, const std::optional<mlx::core::array>& mask,
+                                  const std::optional<mlx::core::array>& sinks, mlx::core::StreamOrDevice s);
+
+// act(gate) * up for the gated MLPs: `activation` 0 is SiLU (SwiGLU), 1 is tanh-approximated GELU
+// (GeGLU), both with the exp of mlxmodels/layers/cpu_math.py. gate and up have the same shape.
+mlx::core::array gated_activation(const mlx::core::array& gate, const mlx::core::array& up, int activation,
+                                  mlx::core::StreamOrDevice s);
+
+}  // namespace orchard_qmm

@@ -1,0 +1,157 @@
+"""The native fused CPU operations (metal_kernels/cpu/fused.cpp) against MLX's own ops, and the load-time
+joining of sibling projections (mlxmodels/fuse.py) against the unjoined model.
+
+Tolerances: every op computes in float32 like its MLX counterpart but sums in another order (SIMD
+lanes) and, for softmax and the gated activations, with cpu_math's exp (within ~1e-7 relative);
+inputs are unit-scale normals, so 1e-5 absolute is a few float32 ulps of the largest value. RoPE
+is compared with `mx.fast.rope`, whose own angle arithmetic differs from the tables' by ~1e-6 at
+these positions."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+
+from metal_kernels import cpu as native_cpu
+
+pytestmark = pytest.mark.skipif(not native_cpu.available(), reason="the native CPU op is not built")
+
+TOL = 1e-5
+
+
+def _max_diff(a: mx.array, b: mx.array) -> float:
+    return float(np.max(np.abs(np.array(a) - np.array(b))))
+
+
+@pytest.fixture
+def ops():
+    return native_cpu.module()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 576), (3, 5, 640), (2, 7, 33)])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_rms_norm_matches_mlx(ops, shape, weighted):
+    x = mx.random.normal(shape, key=mx.random.key(1)) * 3
+    w = mx.random.normal(shape[-1:], key=mx.random.key(2)) if weighted else None
+    assert _max_diff(ops.rms_norm(x, w, 1e-5), mx.fast.rms_norm(x, w, 1e-5)) < TOL
+
+
+def test_rms_norm_reads_strided_views(ops):
+    x = mx.random.normal((2, 7, 4, 64), key=mx.random.key(3)).transpose(0, 2, 1, 3)
+    assert _max_diff(ops.rms_norm(x, None, 1e-6), mx.fast.rms_norm(x, None, 1e-6)) < TOL
+    wide = mx.random.normal((3, 16), key=mx.random.key(4)).T  # strided along the last axis: copied first
+    assert _max_diff(ops.rms_norm(wide, None, 1e-6), mx.fast.rms_norm(wide, None, 1e-6)) < TOL
+
+
+def _tables(dims: int, positions: int, traditional: bool, base: float = 10000.0):
+    inverse = 1.0 / (base ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims))
+    angles = mx.arange(positions, dtype=mx.float32)[:, None] * inverse[None]
+    c, s = mx.cos(angles), mx.sin(angles)
+    if traditional:
+        return mx.stack([c, c], -1).reshape(positions, dims), mx.stack([-s, s], -1).reshape(positions, dims)
+    return mx.concatenate([c, c], -1), mx.concatenate([-s, s], -1)
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("dims", [64, 32])  # 32 of 64: partial rotary, the rest copied
+def test_rope_matches_mlx_fast_rope(ops, traditional, dims):
+    x = mx.random.normal((2, 4, 3, 64), key=mx.random.key(5))
+    cos, sin = _tables(dims, 64, traditional)
+    got = ops.rope(x, cos, sin, mx.array([17], mx.int32), dims, traditional)
+    want = mx.fast.rope(x, dims, traditional=traditional, base=10000.0, scale=1.0, offset=17)
+    assert _max_diff(got, want) < TOL
+    # One start position per batch row (a batch decoding together).
+    got = ops.rope(x, cos, sin, mx.array([3, 20], mx.int32), dims, traditional)
+    want = mx.concatenate([mx.fast.rope(x[i : i + 1], dims, traditional=traditional, base=10000.0, scale=1.0,
+                                        offset=o) for i, o in enumerate([3, 20])])
+    assert _max_diff(got, want) < TOL
+
+
+def test_rope_past_its_tables_is_nan_not_wrong(ops):
+    x = mx.ones((1, 1, 2, 8))
+    cos, sin = _tables(8, 4, False)
+    out = np.array(ops.rope(x, cos, sin, mx.array([3], mx.int32), 8, False))
+    assert np.all(np.isfinite(out[..., 0, :])) and np.all(np.isnan(out[..., 1, :]))
+
+
+@pytest.mark.parametrize("B,H,H_kv,S,D", [(1, 9, 3, 37, 64), (3, 8, 8, 5, 32), (2, 12, 4, 300, 128),
+                                          (1, 4, 1, 1, 256)])
+def test_decode_attention_matches_mlx(ops, B, H, H_kv, S, D):
+    key = mx.random.key(B * 1000 + S)
+    q = mx.random.normal((B, H, 1, D), key=key)
+    # Keys and values as a cache hands them back: the first S positions of a longer buffer (a view).
+    k = mx.random.normal((B, H_kv, S + 10, D), key=mx.random.key(7))[:, :, :S]
+    v = mx.random.normal((B, H_kv, S + 10, D), key=mx.random.key(8))[:, :, :S]
+    reference = mx.fast.scaled_dot_product_attention
+    assert _max_diff(ops.decode_attention(q, k, v, 0.125), reference(q, k, v, scale=0.125)) < TOL
+    allowed = mx.random.uniform(shape=(B, 1, 1, S), key=mx.random.key(9)) > 0.3
+    allowed = mx.concatenate([mx.ones((B, 1, 1, 1), mx.bool_), allowed[..., 1:]], axis=-1)
+    got = ops.decode_attention(q, k, v, 0.125, allowed)
+    assert _max_diff(got, reference(q, k, v, scale=0.125, mask=allowed)) < TOL
+    additive = mx.random.normal((S,), key=mx.random.key(10))
+    got = ops.decode_attention(q, k, v, 0.125, additive)
+    assert _max_diff(got, reference(q, k, v, scale=0.125, mask=additive)) < TOL
+    sinks = mx.random.normal((H,), key=mx.random.key(11))
+    got = ops.decode_attention(q, k, v, 0.125, None, sinks)
+    assert _max_diff(got, reference(q, k, v, scale=0.125, sinks=sinks)) < TOL
+
+
+def test_bad_shapes_are_named(ops):
+    q, k = mx.zeros((1, 4, 1, 8)), mx.zeros((1, 3, 5, 8))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        ops.decode_attention(q, k, k, 1.0)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        ops.decode_attention(q, mx.zeros((1, 2, 5, 8)), mx.zeros((1, 2, 5, 8)), 1.0, mx.zeros((1, 4, 1, 5), mx.bool_))
+    with pytest.raises(ValueError, match="weight"):
+        ops.rms_norm(mx.zeros((2, 8)), mx.zeros((7,)), 1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1536), (3, 511, 1536), (2, 7, 33)])
+def test_gated_activations_match_mlx(ops, shape):
+    gate = mx.random.normal(shape, key=mx.random.key(12)) * 4
+    up = mx.random.normal(shape, key=mx.random.key(13))
+    silu = gate * mx.sigmoid(gate) * up
+    # Relative: silu's products reach ~10 here, and the exp is cpu_math's (1e-7 relative).
+    scale = float(np.max(np.abs(np.array(silu)))) + 1
+    assert _max_diff(ops.gated_activation(gate, up, 0), silu) < TOL * scale
+    assert _max_diff(ops.gated_activation(gate, up, 1), nn.gelu_approx(gate) * up) < TOL * scale
+
+
+def test_gated_activation_reads_the_halves_of_a_joined_projection(ops):
+    joined = mx.random.normal((2, 3, 64), key=mx.random.key(14))
+    gate, up = mx.split(joined, 2, axis=-1)
+    assert _max_diff(ops.gated_activation(gate, up, 0), nn.silu(gate) * up) < TOL
+
+
+def test_joined_projections_compute_what_the_separate_ones_do(tmp_path):
+    """A 4-bit llama-family fixture loaded under each CPU weight policy: the native op's and the fp32
+    copies' layouts join q/k/v and gate/up; logits match MLX's own quantized kernels on the unjoined
+    layers (`cpu_weights="mlx"`, the reference) within the native op's bound."""
+    from helpers import TINY_LLAMA, save_model_dir
+
+    import mlxmodels
+    from mlxmodels.models import build_model
+
+    config = dict(TINY_LLAMA, vocab_size=256)
+    mx.random.seed(0)
+    model = build_model(config)
+    model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.05) for k, v in tree_flatten(model.parameters())]))
+    nn.quantize(model, group_size=32, bits=4)
+    config["quantization"] = {"group_size": 32, "bits": 4}
+    save_model_dir(tmp_path, config, dict(tree_flatten(model.parameters())), overwrite=True)
+    ids = mx.array([[1, 5, 9, 3, 7, 2, 8]])
+    reference = mlxmodels.load_model(tmp_path, cpu_weights="mlx")
+    assert "q_proj" in reference.model.layers[0].self_attn
+    want = np.array(reference(ids))
+    for policy in ("quantized", "fp32"):
+        joined = mlxmodels.load_model(tmp_path, cpu_weights=policy)
+        layer = joined.model.layers[0]
+        assert "qkv_proj" in layer.self_attn and "q_proj" not in layer.self_attn
+        assert "gate_up_proj" in layer.mlp and "gate_proj" not in layer.mlp
+        got = np.array(joined(ids))
+        assert np.max(np.abs(got - want)) < 1e-4 * max(1.0, float(np.max(np.abs(want)))), policy
