@@ -269,6 +269,32 @@ def test_killing_a_rank_mid_generation_ends_the_job_with_one_line(mode):
     assert len(lines) == 1 and lines[0].startswith("orchard: error: rank 1 was killed (SIGKILL)"), lines
 
 
+def test_a_rank_whose_peers_never_answer_stops_with_one_line(tmp_path):
+    """A host that is down or unreachable when the job starts: the ring backend would wait forever;
+    the join watchdog stops the rank after ORCHARD_JOIN_TIMEOUT seconds with one line."""
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in ports]))  # nobody runs rank 1
+    env = {**os.environ, "MLX_RANK": "0", "MLX_HOSTFILE": str(hostfile), "ORCHARD_JOIN_TIMEOUT": "2"}
+    started = time.monotonic()
+    done = subprocess.run(_orchard("run", "-p", QUESTION, "--max-tokens", "3"), capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert time.monotonic() - started < 30
+    assert done.returncode != 0
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "rank 0: the other ranks did not answer within 2 s" in lines[0], lines
+    env["ORCHARD_JOIN_TIMEOUT"] = "soon"
+    bad = subprocess.run(_orchard("run", "-p", QUESTION), capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "orchard: error: ORCHARD_JOIN_TIMEOUT must be a positive number of seconds, got 'soon'"
+
+
 def test_layer_ranges_follow_each_hosts_memory():
     from mlxmodels.distributed.pipeline import layer_ranges
 

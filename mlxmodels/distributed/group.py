@@ -9,6 +9,8 @@ and nothing here changes how a model runs.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -64,12 +66,64 @@ class Group:
         return [float(v) for v in out.tolist()]
 
 
+JOIN_TIMEOUT_ENV = "ORCHARD_JOIN_TIMEOUT"
+JOIN_TIMEOUT_S = 60.0
+
+
+def join_timeout() -> float:
+    """Seconds to wait for every rank to answer when joining (ORCHARD_JOIN_TIMEOUT, default 60)."""
+    raw = os.environ.get(JOIN_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return JOIN_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise OrchardError(f"{JOIN_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+# The watchdog process: waits on its stdin for `timeout` seconds; the parent closing the pipe (it has
+# joined) ends it quietly; otherwise it prints the line and stops the parent (TERM, then KILL).
+_WATCHDOG = """
+import os, select, signal, sys, time
+parent, timeout, line = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if not ready:
+    sys.stderr.write(line + "\\n"); sys.stderr.flush()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(parent, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(2)
+"""
+
+
+def _join(timeout: float) -> mx.distributed.Group:
+    """mx.distributed.init, or a one-line error and the process stopped when the other ranks do not
+    answer in time. The ring backend keeps trying to reach a host that is down or unreachable inside
+    C++ that holds Python's lock, so no thread of this process could step in: a small watchdog process
+    does."""
+    rank = os.environ.get("MLX_RANK", "?")
+    line = (f"orchard: error: rank {rank}: the other ranks did not answer within {timeout:g} s "
+            f"(is every host up and reachable? {JOIN_TIMEOUT_ENV} sets the wait)")
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), line],
+                                stdin=subprocess.PIPE)
+    try:
+        return mx.distributed.init(strict=True)
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
+
+
 def init() -> Group | None:
     """This process's group when it was launched as a rank of several; None when it runs alone."""
     if not launched():
         return None
     try:
-        group = mx.distributed.init(strict=True)
+        group = _join(join_timeout())
     except RuntimeError as e:
         raise OrchardError(f"cannot join the distributed job: {e}") from None
     if group.size() < 2:
