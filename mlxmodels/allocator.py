@@ -14,11 +14,11 @@ high-water mark after a peak (the peak itself is unchanged). A `MALLOC_*_` envir
 by the user wins: then nothing is changed.
 
 Decode streams every weight once per token. With 4 KB pages a thread walking a weight larger than its
-caches crosses a page every 4 KB, where the hardware prefetcher stops and the TLB misses; measured on
-the development machine, Gemma 3 270M's decode (a 189 MB 8-bit LM head) took 27.3 ms per token before
-and 24.2 ms after asking the kernel to back the weights with transparent huge pages (2 MB):
-`madvise(MADV_HUGEPAGE)` and, where the kernel has it (Linux 6.1+), `MADV_COLLAPSE` to do it now
-rather than whenever khugepaged gets there. Where THP is off or the calls fail, nothing changes.
+caches crosses a page every 4 KB, where the hardware prefetcher stops and the TLB misses, so the
+weights are backed with transparent huge pages (2 MB): `madvise(MADV_HUGEPAGE)` and, where the kernel
+has it (Linux 6.1+), `MADV_COLLAPSE` to do it now rather than whenever khugepaged gets there (the
+gain on Gemma 3 270M's decode, with its 189 MB LM head, is in docs/performance.md, "Second pass").
+Where THP is off or the calls fail, nothing changes.
 """
 
 from __future__ import annotations

@@ -114,6 +114,17 @@ def test_exact_on_int16_representable_activations(variant, bits, group_size):
             assert np.all(np.abs(got - expected) <= tolerance), (variant, bits, group_size, m, n, k)
 
 
+def _against_mlx(x, packed, scales, biases, group_size, bits):
+    """(the native op's product, x @ mx.dequantize(w).T, the stated error bound), in float64."""
+    got = np.array(native.quantized_matmul(mx.array(x), packed, scales, biases, True, group_size, bits),
+                   dtype=np.float64)
+    expected = np.array(mx.array(x) @ mx.dequantize(packed, scales, biases, group_size=group_size, bits=bits).T,
+                        dtype=np.float64)
+    bound = activation_bound(x, packed, scales, group_size, bits)
+    bound += float_rounding(x, packed, scales, biases, group_size, bits)
+    return got, expected, bound
+
+
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("group_size", GROUPS)
 def test_within_the_activation_bound(variant, bits, group_size):
@@ -123,12 +134,7 @@ def test_within_the_activation_bound(variant, bits, group_size):
     for m in (1, 3, 8):
         x = rng.standard_normal((m, k)).astype(np.float32)
         x[:, rng.integers(0, k, size=3)] *= 20  # outliers: the blocks holding them get coarse steps
-        got = np.array(native.quantized_matmul(mx.array(x), packed, scales, biases, True, group_size, bits),
-                       dtype=np.float64)
-        expected = np.array(mx.array(x) @ mx.dequantize(packed, scales, biases, group_size=group_size, bits=bits).T,
-                            dtype=np.float64)
-        bound = activation_bound(x, packed, scales, group_size, bits)
-        bound += float_rounding(x, packed, scales, biases, group_size, bits)
+        got, expected, bound = _against_mlx(x, packed, scales, biases, group_size, bits)
         error = np.abs(got - expected)
         assert np.all(error <= bound), (variant, bits, group_size, m, float((error / bound).max()))
         # Rounding errors of different terms cancel: the typical error is far below the worst case.
@@ -144,12 +150,7 @@ def test_random_shapes(variant):
         n, k, m = int(rng.integers(1, 300)), group_size * int(rng.integers(1, 12)), int(rng.integers(1, 9))
         packed, scales, biases = quantized_weight(rng, n, k, group_size, bits)
         x = (rng.standard_normal((m, k)) * rng.uniform(0.01, 100)).astype(np.float32)
-        got = np.array(native.quantized_matmul(mx.array(x), packed, scales, biases, True, group_size, bits),
-                       dtype=np.float64)
-        expected = np.array(mx.array(x) @ mx.dequantize(packed, scales, biases, group_size=group_size, bits=bits).T,
-                            dtype=np.float64)
-        bound = activation_bound(x, packed, scales, group_size, bits)
-        bound += float_rounding(x, packed, scales, biases, group_size, bits)
+        got, expected, bound = _against_mlx(x, packed, scales, biases, group_size, bits)
         assert np.all(np.abs(got - expected) <= bound), (variant, bits, group_size, m, n, k)
 
 

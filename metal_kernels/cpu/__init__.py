@@ -15,8 +15,8 @@ per physical core (`ORCHARD_CPU_THREADS` overrides). The bias term uses the exac
 Nothing is allocated per call but the output (scratch buffers only grow). From 3 rows on (batched
 decode, speculative verification) the AVX-512 variant takes a float path instead: each block's codes
 are converted to float and scaled once, then multiplied with every row's float32 x by FMA, which
-shares the unpacking between the rows (measured ~1.3-1.5x less CPU time at 8 rows) and keeps x
-exact. And `dequantize(w, scales, biases, group_size, bits)`: the float32 weight for the GEMM path,
+shares the unpacking between the rows and keeps x exact (docs/performance.md, "Second pass", has
+the measurements and the 3-row crossover). And `dequantize(w, scales, biases, group_size, bits)`: the float32 weight for the GEMM path,
 ~10x MLX's CPU dequantize.
 
 The same module holds the fused operations of a decode step (fused.cpp): `rms_norm`, table `rope`,
