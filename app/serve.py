@@ -62,7 +62,8 @@ def register(sub) -> None:
                    help="memory for caches of earlier prompts, reused by prompts that share a prefix, least "
                         "recently used dropped first (default 1GiB; 0 turns the prefix cache off)")
     p.add_argument("--prefill-step", type=int, default=256, metavar="N",
-                   help="prompt tokens prefilled between two decode steps of the running requests (default 256)")
+                   help="prompt tokens prefilled between two decode steps of the running requests (default 256; "
+                        "4x that while none is running)")
     p.add_argument("--max-request-bytes", default="2MiB", metavar="SIZE",
                    help="largest request body accepted (413 beyond; default 2MiB)")
     p.add_argument("--kv-bits", type=int, choices=(4, 8), default=None,

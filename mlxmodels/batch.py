@@ -651,6 +651,12 @@ def batch_trims(batch: list) -> bool:
     return all(layer.trims for layer in batch)
 
 
+def rows_rewind(cache: list) -> bool:
+    """Whether a batch of per-sequence caches like `cache` could drop any row's newest tokens
+    (`batch_trims` of their batch, without building it)."""
+    return all(_batched_kind(layer).trims for layer in cache)
+
+
 def mark_rows(batch: list) -> list:
     """What `rewind_rows` needs to send recurrent states back to this point (free to take)."""
     return [layer.mark() for layer in batch]

@@ -4,9 +4,10 @@ Each iteration (`step`):
 1. requests that finished or were cancelled leave the running batch (their caches go to the prefix
    cache), new requests are admitted up to `max_batch`, each starting from the longest cached prefix
    of its prompt (`PrefixCache`);
-2. up to `prefill_step` tokens of admitted prompts are prefilled, each prompt alone in its own
-   per-sequence cache, so running streams wait for at most that many between two of their tokens; a
-   prompt prefilled up to its last token joins the batch;
+2. up to `prefill_step` tokens of admitted prompts are prefilled into their per-sequence caches, so
+   running streams wait for at most that many between two of their tokens; prompts arriving together
+   are prefilled in one batched pass (a short prompt's prefill is mostly reading, or dequantizing,
+   the weights: once for all of them); a prompt prefilled up to its last token joins the batch;
 3. one decode step runs for the whole batch: the model is called on [B, 1] inputs (so the weights are
    read once for all rows) with the batched cache (`mlxmodels/batch.py`), and each row samples with
    its own settings (`sample_rows`);
@@ -51,7 +52,7 @@ from typing import Callable, Sequence
 import mlx.core as mx
 
 from mlxmodels.batch import (batch_caches, batch_state, batch_trims, extend_batch, extract_row, mark_rows,
-                             rewind_rows, select_rows)
+                             rewind_rows, rows_rewind, select_rows)
 from mlxmodels.cache import can_trim_cache, cache_offset, copy_cache
 from mlxmodels.constrain import apply_token_mask, batch_mask
 from mlxmodels.errors import OrchardError
@@ -395,30 +396,88 @@ class Scheduler:
             self._prefilling.append(s)
 
     def _prefill(self) -> None:
-        """Up to `prefill_step` prompt tokens, oldest admitted prompt first, each prompt up to its last
-        token (which the batch step feeds). Chunks end where messages end, so caches that cannot
-        rewind are snapshotted there."""
-        budget = self.prefill_step
+        """Up to `prefill_step` prompt tokens (more while no row decodes), oldest admitted prompt
+        first, each prompt up to its last token (which the batch step feeds). Chunks end where
+        messages end, so caches that cannot rewind are snapshotted there. Several prompts' chunks run
+        as one batched pass (`_chunk_group`): the weights are read, or dequantized for a GEMM, once
+        for all of them."""
+        for s in [s for s in self._prefilling if s.done == len(s.request.prompt) - 1]:
+            self._prefilling.remove(s)  # nothing to prefill: a one-token prompt, or all of it cached
+            self._joining.append(s)
+        # With no row decoding nobody waits on a longer pass: prompts arriving together (a burst)
+        # are then prefilled in fewer, larger passes.
+        budget = self.prefill_step * (1 if self._rows else self.IDLE_PREFILL_STEPS)
         while self._prefilling and budget > 0:
-            s = self._prefilling[0]
-            prompt = s.request.prompt
-            end = len(prompt) - 1
-            if s.done < end:
-                stop = min(end, s.done + budget)
+            chunks = []  # (sequence, stop): its prompt from s.done up to stop, next
+            for s in self._prefilling:
+                if budget <= 0:
+                    break
+                stop = min(len(s.request.prompt) - 1, s.done + budget)
                 stop = min([b for b in s.request.boundaries if s.done < b < stop] or [stop])
-                ids = mx.array(prompt[s.done : stop + 1], dtype=mx.uint32)
-                prefill(self.model, ids, s.cache, step=stop - s.done)  # feeds all but the last id given
+                chunks.append((s, stop))
                 budget -= stop - s.done
+            self._prefill_chunks(chunks)
+
+    def _prefill_chunks(self, chunks: list) -> None:
+        while chunks:
+            group = self._chunk_group(chunks)
+            if len(group) == 1:
+                s, stop = group[0]
+                ids = mx.array(s.request.prompt[s.done : stop + 1], dtype=mx.uint32)
+                prefill(self.model, ids, s.cache, step=stop - s.done)  # feeds all but the last id given
+            else:
+                self._prefill_together(group)
+            for s, stop in group:
                 s.done = stop
+                end = len(s.request.prompt) - 1
                 # A snapshot where the prompt ends (the same prompt again reuses it; if the cache that
                 # the request ends with can rewind to it, that one replaces it), and where a message
                 # ends when the cache cannot rewind to there later.
                 if self.prefix_cache is not None and (
                         stop == end or (stop in s.request.boundaries and not can_trim_cache(s.cache, stop))):
-                    self.prefix_cache.insert(prompt[:stop], copy_cache(s.cache))
-            if s.done == end:
-                self._prefilling.pop(0)
-                self._joining.append(s)
+                    self.prefix_cache.insert(s.request.prompt[:stop], copy_cache(s.cache))
+                if s.done == end:
+                    self._prefilling.remove(s)
+                    self._joining.append(s)
+            chunks = chunks[len(group):]
+
+    IDLE_PREFILL_STEPS = 4  # prefill_step budgets per iteration while no row decodes
+
+    # A batched prefill pass computes every row up to the longest chunk: rows are added while the
+    # padding stays at most this share of the tokens computed.
+    MAX_PREFILL_PADDING = 0.25
+
+    def _chunk_group(self, chunks: list) -> list:
+        """The leading chunks that prefill well together: with recurrent state (which cannot drop
+        padding) only chunks of the first one's length, else while padding stays small."""
+        first, stop = chunks[0]
+        length = stop - first.done
+        trims = rows_rewind(first.cache)
+        group, real, longest = [chunks[0]], length, length
+        for s, stop in chunks[1:]:
+            n = stop - s.done
+            if not trims and n != length:
+                break
+            padded = (len(group) + 1) * max(longest, n)
+            if padded - (real + n) > self.MAX_PREFILL_PADDING * padded:
+                break
+            group.append((s, stop))
+            real, longest = real + n, max(longest, n)
+        return group
+
+    def _prefill_together(self, group: list) -> None:
+        """One pass over several prompts' chunks, right-padded to the longest: each row's padding is
+        dropped from its cache afterwards, and each sequence gets its own cache back."""
+        lengths = [stop - s.done for s, stop in group]
+        L = max(lengths)
+        rows = [s.request.prompt[s.done : stop] + [0] * (L - (stop - s.done)) for s, stop in group]
+        batch = batch_caches([s.cache for s, _ in group])
+        self.model(mx.array(rows, dtype=mx.uint32), batch)  # logits unused: never computed
+        if L != min(lengths):
+            rewind_rows(batch, [L - n for n in lengths])
+        mx.eval(batch_state(batch))
+        for i, (s, _) in enumerate(group):
+            s.cache = extract_row(batch, i)
 
     def _launch(self):
         """Queue one decode step for every row (joining prompts feed their last token)."""

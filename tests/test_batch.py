@@ -137,27 +137,30 @@ def test_default_model_batch_of_eight(default_model):
     assert [text_of(r) for r in results] == expected
 
 
+class Counting:
+    """A model that records the shape of every input it is called on."""
+
+    def __init__(self, inner):
+        self.inner, self.info, self.calls = inner, inner.info, []
+
+    def __call__(self, inputs, cache=None):
+        self.calls.append(tuple(inputs.shape))
+        return self.inner(inputs, cache)
+
+    def make_cache(self):
+        return self.inner.make_cache()
+
+    def named_modules(self):
+        return self.inner.named_modules()
+
+
 def test_decode_step_is_one_model_call_on_all_rows():
     """The weights are read once per step for the whole batch: each decode step is a single model call
     on [B, 1] inputs (B = the running rows), never one call per row."""
     model, tokenizer = mlxmodels.load(FIXTURES / "llama3-v5")
-    calls = []
-
-    class Counting:
-        def __init__(self, inner):
-            self.inner, self.info = inner, inner.info
-
-        def __call__(self, inputs, cache=None):
-            calls.append(tuple(inputs.shape))
-            return self.inner(inputs, cache)
-
-        def make_cache(self):
-            return self.inner.make_cache()
-
-        def named_modules(self):
-            return self.inner.named_modules()
-
-    scheduler = Scheduler(Counting(model), tokenizer, max_batch=4, prefill_step=64)
+    counting = Counting(model)
+    calls = counting.calls
+    scheduler = Scheduler(counting, tokenizer, max_batch=4, prefill_step=64)
     steps = []
     original = scheduler._launch
 
@@ -172,6 +175,24 @@ def test_decode_step_is_one_model_call_on_all_rows():
     decodes = [[shape for shape in step if shape[1] == 1] for step in steps]
     assert all(len(step) <= 1 for step in decodes)  # at most one decode call per step...
     assert max(step[0][0] for step in decodes if step) == 4  # ...on all the running rows at once
+
+
+@pytest.mark.parametrize("name, lengths, passes", [
+    ("llama3-v5", (12, 15, 13, 14), [(4, 14)]),  # padding dropped from each row's cache afterwards
+    ("mamba2", (13, 13, 9, 13), [(2, 12), (1, 8), (1, 12)]),  # a recurrent state cannot drop padding
+])
+def test_prompts_arriving_together_prefill_in_one_pass(name, lengths, passes):
+    """Prompts admitted together are prefilled as one batched pass (the weights read once for all),
+    and each still gets exactly its answer alone."""
+    model, tokenizer = mlxmodels.load(FIXTURES / name)
+    rng = random.Random(9)
+    ids = [[rng.randrange(4, 120) for _ in range(n)] for n in lengths]
+    expected = [alone(model, tokenizer, p)[0] for p in ids]
+    counting = Counting(model)
+    results = run(Scheduler(counting, tokenizer, max_batch=4, prefill_step=256),
+                  [Request(p, MAX_TOKENS, GREEDY) for p in ids])
+    assert [tokens_of(r) for r in results] == expected
+    assert [shape for shape in counting.calls if shape[1] > 1] == passes
 
 
 def test_rows_have_their_own_sampling_stops_and_budgets():

@@ -79,8 +79,36 @@ def test_rope_past_its_tables_is_nan_not_wrong(ops):
     assert np.all(np.isfinite(out[..., 0, :])) and np.all(np.isnan(out[..., 1, :]))
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 3, 37, 37), (2, 4, 130, 301), (5, 16), (7, 1)])
+def test_softmax_matches_mlx(ops, shape):
+    """Rows of every length against the 16-wide loop; -inf (masked) scores weigh exactly 0; with a
+    key offset, the causal mask applied by the op itself equals an explicit one."""
+    x = mx.random.normal(shape, key=mx.random.key(12)) * 4
+    assert _max_diff(ops.softmax(x), mx.softmax(x, axis=-1)) < TOL
+    masked = mx.where(mx.random.uniform(shape=shape, key=mx.random.key(13)) > 0.7, -mx.inf, x)
+    masked = mx.concatenate([x[..., :1], masked[..., 1:]], axis=-1)  # every row keeps one key
+    got = ops.softmax(masked)
+    assert _max_diff(got, mx.softmax(masked, axis=-1)) < TOL
+    assert bool(mx.all(mx.where(masked == -mx.inf, got == 0, True)))
+    if len(shape) >= 2:
+        L, S = shape[-2:]
+        for offset in {S - L, 0, S - 1} - {o for o in (S - L,) if o < 0}:
+            allowed = mx.arange(S)[None, :] <= mx.arange(L)[:, None] + offset
+            want = mx.softmax(mx.where(allowed, x, -mx.inf), axis=-1)
+            assert _max_diff(ops.softmax(x, offset), want) < TOL, offset
+
+
+def test_softmax_weights_stay_clear_of_denormals(ops):
+    """Scores far below their row's maximum weigh exactly 0, not ~1e-38: products of such weights
+    with values are denormal floats, which the CPU computes ~100x slower."""
+    x = mx.array([[0.0, -87.5, -200.0, -mx.inf] + [-100.0] * 20])
+    got = np.array(ops.softmax(x))
+    assert got[0, 0] == 1.0 and np.all(got[0, 1:] == 0.0)
+
+
+# Head sizes cover the kernel's 64-, 16- and 1-wide loops (72 = 64 + 8); lengths its 16-key blocks and tails.
 @pytest.mark.parametrize("B,H,H_kv,S,D", [(1, 9, 3, 37, 64), (3, 8, 8, 5, 32), (2, 12, 4, 300, 128),
-                                          (1, 4, 1, 1, 256)])
+                                          (1, 4, 1, 1, 256), (2, 6, 2, 48, 72), (1, 2, 2, 17, 8)])
 def test_decode_attention_matches_mlx(ops, B, H, H_kv, S, D):
     key = mx.random.key(B * 1000 + S)
     q = mx.random.normal((B, H, 1, D), key=key)

@@ -38,7 +38,7 @@ needs_native = pytest.mark.skipif(not native.available(), reason=f"native CPU op
 
 @pytest.fixture(params=native.variants() if native.available() else ["none"])
 def variant(request):
-    """Every instruction-set variant this CPU runs (AVX-512 VNNI, AVX2, plain C++ on x86-64)."""
+    """Every instruction-set variant this CPU runs (AVX-512, AVX2, plain C++ on x86-64)."""
     if request.param == "none":
         pytest.skip(f"native CPU op: {native.unavailable_reason()}")
     best = native.variants()[0]

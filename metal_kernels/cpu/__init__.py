@@ -7,21 +7,22 @@ engine then keeps MLX's kernels (see metal_kernels/quantized.py, the op layer th
 
 The ops are `quantized_matmul(x, w, scales, biases, transpose=True, group_size, bits)`, called like
 `mx.quantized_matmul` for MLX's affine layout (bits 2, 3, 4, 5, 6, 8; groups of 32, 64, 128; the
-layouts GGUF weights are repacked into included). Per block of 32 activations it takes a step
-dx = max|x| / 32767 and writes each x as two int16 parts, x = dx * (hi + lo / 65534), then multiplies
-the weight codes with integer SIMD dot products (AVX-512 VNNI's vpdpwssd, AVX-512 or AVX2 vpmaddwd,
-NEON vmlal; chosen at run time by what the CPU has), over the output rows on a pool of threads, one
-per physical core (`ORCHARD_CPU_THREADS` overrides). The bias term uses the exact float sum of x.
-Nothing is allocated per call but the output (scratch buffers only grow). From 3 rows on (batched
-decode, speculative verification) the AVX-512 variant takes a float path instead: each block's codes
-are converted to float and scaled once, then multiplied with every row's float32 x by FMA, which
-shares the unpacking between the rows and keeps x exact (docs/performance.md, "Second pass", has
-the measurements and the 3-row crossover). And `dequantize(w, scales, biases, group_size, bits)`: the float32 weight for the GEMM path,
+layouts GGUF weights are repacked into included). On AVX-512 it dequantizes each block of two
+output rows' weights to float once (scale * code + bias: a table lookup per 4-bit code) and
+multiplies it with every row's float32 x by FMA, sharing the unpacking between the rows and each
+load of x between the two outputs. Elsewhere (AVX2, NEON, plain C++; chosen at run time by what the
+CPU has) it takes an integer path: per block of 32 activations a step dx = max|x| / 32767 and each x
+as two int16 parts, x = dx * (hi + lo / 65534), multiplied with the weight codes by integer SIMD dot
+products (vpmaddwd, vmlal), the bias term from the exact float sum of x. Either runs over the output
+rows on a pool of threads, one per physical core (`ORCHARD_CPU_THREADS` overrides), asking for the
+weights a few rows ahead. Nothing is allocated per call but the output (scratch buffers only grow).
+docs/performance.md ("Second pass", "Third pass") has the measurements. And `dequantize(w, scales, biases, group_size, bits)`: the float32 weight for the GEMM path,
 ~10x MLX's CPU dequantize.
 
 The same module holds the fused operations of a decode step (fused.cpp): `rms_norm`, table `rope`,
 one-query `decode_attention` and the gated activations, each one MLX operation where MLX's CPU
-backend runs 10-30; mlxmodels/layers/ops.py routes float32 CPU arrays to them.
+backend runs 10-30, and the row `softmax` of a prefill's attention; mlxmodels/layers/ops.py routes
+float32 CPU arrays to them.
 
 Error bound (tests/test_cpu_qmm.py checks it): on the float path, that of a float32 matmul on the
 dequantized weight (scale * code rounded once, then FMA sums). On the integer path, each activation
@@ -160,7 +161,7 @@ def set_threads(threads: int) -> None:
 
 
 def describe() -> str:
-    """'avx512-vnni, 2 threads', or why the op is unavailable."""
+    """'avx512, 2 threads', or why the op is unavailable."""
     _ensure_loaded()
     if _module is None:
         return f"unavailable: {_reason}"

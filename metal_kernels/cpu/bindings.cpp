@@ -33,6 +33,8 @@ NB_MODULE(_qmm, m) {
   m.def("decode_attention", &orchard_qmm::decode_attention, "q"_a, "k"_a, "v"_a, "scale"_a, "mask"_a = nb::none(),
         "sinks"_a = nb::none(), nb::kw_only(), "stream"_a = nb::none(),
         "softmax(q k^T * scale + mask) v for one query per head, grouped-query heads sharing KV heads.");
+  m.def("softmax", &orchard_qmm::softmax, "x"_a, "key_offset"_a = -1, nb::kw_only(), "stream"_a = nb::none(),
+        "softmax over the last axis; key_offset >= 0: causal [..., L, S] scores, row l seeing keys <= l + key_offset.");
   m.def("gated_activation", &orchard_qmm::gated_activation, "gate"_a, "up"_a, "activation"_a, nb::kw_only(),
         "stream"_a = nb::none(), "act(gate) * up; activation 0: silu, 1: tanh-approximated gelu.");
   m.def("variants", &orchard_qmm::variant_names, "The instruction-set variants this CPU runs, best first.");

@@ -9,6 +9,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include "mlx/allocator.h"
@@ -69,6 +70,21 @@ class FusedPrimitive : public mx::UnaryPrimitive {
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error(std::string("[orchard ") + name() + "] runs on the CPU only");
   }
+};
+
+// A row-wise primitive with one integer setting, whose output has its first input's shape.
+class SettingPrimitive : public FusedPrimitive {
+ public:
+  SettingPrimitive(mx::Stream stream, int setting) : FusedPrimitive(stream), setting_(setting) {}
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return typeid(*this) == typeid(other) && setting_ == static_cast<const SettingPrimitive&>(other).setting_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ protected:
+  int setting_;
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -192,24 +208,53 @@ class FusedRope : public FusedPrimitive {
 // ------------------------------------------------------------------------------------------------
 // Attention for one query per head
 
-// e**x within ~1e-7 relative (the same reduction as mlxmodels/layers/cpu_math.py: 2**n * p(r),
-// |r| <= ln(2) / 2, degree-7 Taylor polynomial); a plain expression the compiler vectorizes.
-inline float exp_poly(float x) {
-  x = x < -87.33f ? -87.33f : (x > 87.33f ? 87.33f : x);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
+// Sixteen floats as one value (GCC/Clang vector extensions): each target_clones clone lowers it to
+// its own registers (one zmm, two ymm, four xmm), so the loops below need no per-ISA source.
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+inline __attribute__((always_inline)) v16f load16(const float* p) {
+  v16f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline __attribute__((always_inline)) void store16(float* p, v16f v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// e**x for x within [-87.33, 87.33], to ~1e-7 relative (the same reduction as
+// mlxmodels/layers/cpu_math.py): 2**n * p(r), n = x / ln 2 rounded to nearest by the 1.5 * 2^23
+// shift, |r| <= ln(2) / 2, degree-7 Taylor polynomial. T is float or v16f.
+template <typename T>
+inline __attribute__((always_inline)) T exp_in_range(T x) {
+  const T n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const T r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  T p = r * (1.0f / 5040.0f) + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
   p = p * r + 1.0f / 6.0f;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float power;
-  std::memcpy(&power, &bits, sizeof(power));
+  T power;
+  if constexpr (sizeof(T) == sizeof(float)) {
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    std::memcpy(&power, &bits, sizeof(power));
+  } else {
+    const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+    std::memcpy(&power, &bits, sizeof(power));
+  }
   return p * power;
+}
+
+// e**x, exactly 0 below e**-87.33 (as cpu_math's: no denormal products downstream), saturating at
+// e**87.33.
+inline float exp_poly(float x) {
+  if (x < -87.33f) return 0.0f;
+  return exp_in_range(x > 87.33f ? 87.33f : x);
 }
 
 enum MaskKind : int { kNoMask = 0, kBoolMask = 1, kAdditiveMask = 2 };
@@ -228,6 +273,55 @@ struct AttentionJob {
   float* out;                              // [B, H, 1, Dv]
 };
 
+// A register tree: a loop's `omp simd` reduction ends in sixteen dependent scalar adds through memory.
+inline __attribute__((always_inline)) float hsum16(v16f v) {
+  v8f a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+          __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  v4f b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// The largest of n floats (-inf for none): sixteen lanes at a time (a scalar max is a dependent
+// compare per element, which the compiler may not reorder).
+inline __attribute__((always_inline)) float row_max(const float* x, int n) {
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  int i = 0;
+  float top = minus_infinity;
+  if (n >= 16) {
+    v16f best = load16(x);
+    for (i = 16; i + 16 <= n; i += 16) {
+      const v16f v = load16(x + i);
+      best = v > best ? v : best;
+    }
+    v8f a = __builtin_shufflevector(best, best, 0, 1, 2, 3, 4, 5, 6, 7);
+    v8f b = __builtin_shufflevector(best, best, 8, 9, 10, 11, 12, 13, 14, 15);
+    a = a > b ? a : b;
+    v4f c = __builtin_shufflevector(a, a, 0, 1, 2, 3), d = __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    c = c > d ? c : d;
+    top = std::max(std::max(c[0], c[1]), std::max(c[2], c[3]));
+  }
+  for (; i < n; i++) top = x[i] > top ? x[i] : top;
+  return top;
+}
+
+// exp_poly on sixteen lanes.
+inline __attribute__((always_inline)) v16f exp16(v16f x) {
+  const v16f zero = {};
+  const auto tiny = x < -87.33f;
+  x = tiny ? -87.33f : x;
+  return tiny ? zero : exp_in_range(x > 87.33f ? 87.33f : x);
+}
+
+// q . k over D floats: sixteen lanes at a time, then the tail.
+inline __attribute__((always_inline)) float dot_row(const float* q, const float* k, int D) {
+  v16f acc = {};
+  int i = 0;
+  for (; i + 16 <= D; i += 16) acc += load16(q + i) * load16(k + i);
+  float dot = hsum16(acc);
+  for (; i < D; i++) dot += q[i] * k[i];
+  return dot;
+}
+
 // One KV head of one batch row: its `groups` query heads read each key and value once.
 ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
   const int groups = j.H / j.kv_heads, S = j.S, D = j.D, Dv = j.Dv;
@@ -238,14 +332,17 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
   const float* values = j.v + b * j.v_batch + kv_head * j.v_head;
   const float* queries = j.q + b * j.q_batch;
   const int first_head = kv_head * groups;
+  // Keys and values stream from memory once per step (a batch's cache is larger than the caches):
+  // the loop over keys asks ahead for later keys, and for the values the weighted sums read later.
+  constexpr int kAhead = 8;
   for (int s = 0; s < S; s++) {
     const float* key = keys + s * j.k_token;
+    if (s + kAhead < S) {
+      for (int i = 0; i < D; i += 16) __builtin_prefetch(key + kAhead * j.k_token + i);
+    }
+    for (int i = 0; i < Dv; i += 16) __builtin_prefetch(values + s * j.v_token + i);
     for (int g = 0; g < groups; g++) {
-      const float* query = queries + (first_head + g) * j.q_head;
-      float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-      for (int i = 0; i < D; i++) dot += query[i] * key[i];
-      scores[g * S + s] = dot * j.scale;
+      scores[g * S + s] = dot_row(queries + (first_head + g) * j.q_head, key, D) * j.scale;
     }
   }
   if (j.mask_kind != kNoMask) {
@@ -261,42 +358,59 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
       }
     }
   }
-  thread_local std::vector<float> totals;
-  if (totals.size() < static_cast<size_t>(groups)) totals.resize(groups);
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
   for (int g = 0; g < groups; g++) {
     const int h = first_head + g;
     float* row = scores + g * S;
-    float top = -std::numeric_limits<float>::infinity();
-    for (int s = 0; s < S; s++) top = row[s] > top ? row[s] : top;
+    float top = row_max(row, S);
     if (j.sinks) top = j.sinks[h] > top ? j.sinks[h] : top;
+    // Masked scores (-inf) weigh exactly zero, also when the whole row is masked (top = -inf).
     float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-    for (int s = 0; s < S; s++) {
-      const float e = row[s] == -std::numeric_limits<float>::infinity() ? 0.0f : exp_poly(row[s] - top);
+    int s = 0;
+    const v16f zero = {};
+    v16f totals = zero;
+    for (; s + 16 <= S; s += 16) {
+      const v16f x = load16(row + s);
+      const v16f e = x == minus_infinity ? zero : exp16(x - top);
+      store16(row + s, e);
+      totals += e;
+    }
+    total = hsum16(totals);
+    for (; s < S; s++) {
+      const float e = row[s] == minus_infinity ? 0.0f : exp_poly(row[s] - top);
       row[s] = e;
       total += e;
     }
     if (j.sinks) total += exp_poly(j.sinks[h] - top);
-    totals[g] = total;
+    // Weighted values, normalised once at the end; 64 outputs at a time held in registers.
+    const float inverse = 1.0f / total;
     float* out = j.out + (static_cast<int64_t>(b) * j.H + h) * Dv;
-    for (int i = 0; i < Dv; i++) out[i] = 0.0f;
-  }
-  // Weighted values, normalised once at the end (Dv divisions per head rather than S).
-  for (int s = 0; s < S; s++) {
-    const float* value = values + s * j.v_token;
-    for (int g = 0; g < groups; g++) {
-      const float weight = scores[g * S + s];
-      if (weight == 0.0f) continue;
-      float* out = j.out + (static_cast<int64_t>(b) * j.H + first_head + g) * Dv;
-#pragma omp simd
-      for (int i = 0; i < Dv; i++) out[i] += weight * value[i];
+    int i = 0;
+    for (; i + 64 <= Dv; i += 64) {
+      v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int t = 0; t < S; t++) {
+        const float w = row[t];
+        const float* value = values + t * j.v_token + i;
+        a0 += w * load16(value);
+        a1 += w * load16(value + 16);
+        a2 += w * load16(value + 32);
+        a3 += w * load16(value + 48);
+      }
+      store16(out + i, a0 * inverse);
+      store16(out + i + 16, a1 * inverse);
+      store16(out + i + 32, a2 * inverse);
+      store16(out + i + 48, a3 * inverse);
     }
-  }
-  for (int g = 0; g < groups; g++) {
-    const float inverse = 1.0f / totals[g];
-    float* out = j.out + (static_cast<int64_t>(b) * j.H + first_head + g) * Dv;
-#pragma omp simd
-    for (int i = 0; i < Dv; i++) out[i] *= inverse;
+    for (; i + 16 <= Dv; i += 16) {
+      v16f a = {};
+      for (int t = 0; t < S; t++) a += row[t] * load16(values + t * j.v_token + i);
+      store16(out + i, a * inverse);
+    }
+    for (; i < Dv; i++) {
+      float a = 0.0f;
+      for (int t = 0; t < S; t++) a += row[t] * values[t * j.v_token + i];
+      out[i] = a * inverse;
+    }
   }
 }
 
@@ -304,6 +418,98 @@ void attention_task(void* context, int task) {
   const AttentionJob& job = *static_cast<const AttentionJob*>(context);
   attend_kv_head(job, task / job.kv_heads, task % job.kv_heads);
 }
+
+// ------------------------------------------------------------------------------------------------
+// Softmax over rows (a prefill's attention weights)
+
+// Elements below which a row-wise operation runs on the calling thread alone (a decode step's).
+constexpr int64_t kParallelElements = 1 << 16;
+
+struct RowsJob {
+  void* context;
+  void (*each)(void* context, int64_t row);
+  int64_t rows, rows_per_task;
+};
+
+void rows_task(void* context, int task) {
+  const RowsJob& j = *static_cast<const RowsJob*>(context);
+  const int64_t end = std::min(j.rows, (task + 1) * j.rows_per_task);
+  for (int64_t r = task * j.rows_per_task; r < end; r++) j.each(j.context, r);
+}
+
+// each(context, r) for every row r < rows: on the calling thread when the rows hold fewer than
+// kParallelElements elements in all, else in blocks of rows over the pool's threads.
+void for_rows(int64_t rows, int64_t elements, void (*each)(void*, int64_t), void* context) {
+  ThreadPool& pool = ThreadPool::shared();
+  if (elements < kParallelElements || rows < 2) {
+    for (int64_t r = 0; r < rows; r++) each(context, r);
+    return;
+  }
+  const int64_t tasks = pool.size() * 4;
+  RowsJob j{context, each, rows, (rows + tasks - 1) / tasks};
+  pool.run(static_cast<int>((rows + j.rows_per_task - 1) / j.rows_per_task), rows_task, &j);
+}
+
+struct SoftmaxJob {
+  const float* x;
+  float* out;
+  int S, L;
+  int key_offset;  // causal: row l of each L keeps keys s <= l + key_offset; -1: no mask
+};
+
+ORCHARD_CLONES void softmax_row(const float* x, float* y, int S, int visible) {
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  const float top = row_max(x, visible);
+  const v16f zero = {};
+  v16f totals = zero;
+  int s = 0;
+  for (; s + 16 <= visible; s += 16) {
+    const v16f v = load16(x + s);
+    const v16f e = v == minus_infinity ? zero : exp16(v - top);
+    store16(y + s, e);
+    totals += e;
+  }
+  float total = hsum16(totals);
+  for (; s < visible; s++) {
+    const float e = x[s] == minus_infinity ? 0.0f : exp_poly(x[s] - top);
+    y[s] = e;
+    total += e;
+  }
+  for (; s < S; s++) y[s] = 0.0f;  // beyond the causal edge
+  const float inverse = 1.0f / total;  // a row with every key masked: 0 / 0, NaN, as MLX's softmax
+  s = 0;
+  for (; s + 16 <= visible; s += 16) store16(y + s, load16(y + s) * inverse);
+  for (; s < visible; s++) y[s] *= inverse;
+}
+
+void softmax_at(void* context, int64_t r) {
+  const SoftmaxJob& j = *static_cast<const SoftmaxJob*>(context);
+  int visible = j.S;
+  if (j.key_offset >= 0) visible = std::max(0, std::min(j.S, static_cast<int>(r % j.L) + j.key_offset + 1));
+  softmax_row(j.x + r * j.S, j.out + r * j.S, j.S, visible);
+}
+
+bool not_row_contiguous(const mx::array& a) {
+  return !a.flags().row_contiguous;
+}
+
+class FusedSoftmax : public SettingPrimitive {  // the setting: key_offset
+ public:
+  using SettingPrimitive::SettingPrimitive;
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const int key_offset = setting_;
+    dispatch(stream(), inputs, out, not_row_contiguous, [key_offset](std::vector<mx::array>& in, mx::array& y) {
+      const mx::array& x = in[0];
+      SoftmaxJob j{x.data<float>(), y.data<float>(), x.shape(-1), x.ndim() >= 2 ? x.shape(-2) : 1, key_offset};
+      for_rows(j.S ? static_cast<int64_t>(x.size()) / j.S : 0, x.size(), softmax_at, &j);
+    });
+  }
+
+  const char* name() const override {
+    return "OrchardSoftmax";
+  }
+};
 
 // ------------------------------------------------------------------------------------------------
 // Gated activations
@@ -329,54 +535,30 @@ struct GatedJob {
   const mx::array *gate, *up;
   float* out;
   int width, activation;
-  int64_t rows, rows_per_task;
 };
 
-void gated_task(void* context, int task) {
+void gated_at(void* context, int64_t r) {
   const GatedJob& j = *static_cast<const GatedJob*>(context);
-  const int64_t end = std::min(j.rows, (task + 1) * j.rows_per_task);
-  for (int64_t r = task * j.rows_per_task; r < end; r++) {
-    gated_row(j.gate->data<float>() + row_offset(*j.gate, r), j.up->data<float>() + row_offset(*j.up, r),
-              j.out + r * j.width, j.width, j.activation);
-  }
+  gated_row(j.gate->data<float>() + row_offset(*j.gate, r), j.up->data<float>() + row_offset(*j.up, r),
+            j.out + r * j.width, j.width, j.activation);
 }
 
-// Elements below which a gated activation runs on the calling thread alone (a decode step's).
-constexpr int64_t kParallelElements = 1 << 16;
 
-class FusedGatedActivation : public FusedPrimitive {
+class FusedGatedActivation : public SettingPrimitive {  // the setting: the activation
  public:
-  FusedGatedActivation(mx::Stream stream, int activation) : FusedPrimitive(stream), activation_(activation) {}
+  using SettingPrimitive::SettingPrimitive;
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    const int activation = activation_;
+    const int activation = setting_;
     dispatch(stream(), inputs, out, strided_rows, [activation](std::vector<mx::array>& in, mx::array& y) {
-      GatedJob j{&in[0], &in[1], y.data<float>(), in[0].shape(-1), activation, 0, 0};
-      j.rows = j.width ? static_cast<int64_t>(in[0].size()) / j.width : 0;
-      ThreadPool& pool = ThreadPool::shared();
-      const int tasks = static_cast<int64_t>(in[0].size()) < kParallelElements ? 1 : pool.size() * 4;
-      j.rows_per_task = (j.rows + tasks - 1) / tasks;
-      if (tasks == 1 || j.rows < 2) {
-        j.rows_per_task = j.rows;
-        gated_task(&j, 0);
-      } else {
-        pool.run(static_cast<int>((j.rows + j.rows_per_task - 1) / j.rows_per_task), gated_task, &j);
-      }
+      GatedJob j{&in[0], &in[1], y.data<float>(), in[0].shape(-1), activation};
+      for_rows(j.width ? static_cast<int64_t>(in[0].size()) / j.width : 0, in[0].size(), gated_at, &j);
     });
   }
 
   const char* name() const override {
     return "OrchardGatedActivation";
   }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return activation_ == static_cast<const FusedGatedActivation&>(other).activation_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
-  }
-
- private:
-  int activation_;
 };
 
 // Work (multiply-adds) below which one attention runs on the calling thread alone.
@@ -536,6 +718,14 @@ mx::array gated_activation(const mx::array& gate, const mx::array& up, int activ
   if (activation != kSilu && activation != kGeluTanh) invalid(op, "activation must be 0 (silu) or 1 (gelu_tanh)");
   return mx::array(gate.shape(), mx::float32, std::make_shared<FusedGatedActivation>(cpu_stream(s, op), activation),
                    {gate, up});
+}
+
+mx::array softmax(const mx::array& x, int key_offset, mx::StreamOrDevice s) {
+  const char* op = "softmax";
+  require_float32(op, "x", x);
+  if (x.ndim() < 1 || (key_offset >= 0 && x.ndim() < 2)) invalid(op, "x " + shape_string(x) + " has no rows");
+  return mx::array(x.shape(), mx::float32, std::make_shared<FusedSoftmax>(cpu_stream(s, op), key_offset < 0 ? -1 : key_offset),
+                   {x});
 }
 
 }  // namespace orchard_qmm

@@ -1,8 +1,9 @@
 // Fused CPU forms of the small operations a decode step runs in every layer. MLX's CPU backend runs
 // mx.fast.rms_norm, mx.fast.rope and mx.fast.scaled_dot_product_attention as 10-30 plain operations
 // each; at one token per step the cost of each operation (an allocation, a hand-off to the stream
-// thread) outweighs its arithmetic. Each of these is one operation. float32 only (the CPU backend's
-// compute dtype); inputs may be strided views.
+// thread) outweighs its arithmetic. Each of these is one operation; so is the row softmax of a
+// prefill's attention, where MLX's elementwise chains make several passes over the scores. float32
+// only (the CPU backend's compute dtype); inputs may be strided views.
 #pragma once
 
 #include <optional>
@@ -30,6 +31,11 @@ mlx::core::array rope(const mlx::core::array& x, const mlx::core::array& cos, co
 mlx::core::array decode_attention(const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v,
                                   float scale, const std::optional<mlx::core::array>& mask,
                                   const std::optional<mlx::core::array>& sinks, mlx::core::StreamOrDevice s);
+
+// softmax over the last axis, like mx.softmax, with exp16's exact zero for masked (-inf) scores.
+// key_offset >= 0: x is [..., L, S] causal scores, row l seeing keys s <= l + key_offset (the rest
+// count as masked without being read); -1: no mask.
+mlx::core::array softmax(const mlx::core::array& x, int key_offset, mlx::core::StreamOrDevice s);
 
 // act(gate) * up for the gated MLPs: `activation` 0 is SiLU (SwiGLU), 1 is tanh-approximated GELU
 // (GeGLU), both with the exp of mlxmodels/layers/cpu_math.py. gate and up have the same shape.

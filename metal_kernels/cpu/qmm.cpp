@@ -26,9 +26,6 @@ ORCHARD_DECLARE_VARIANT(avx2)
 #if defined(ORCHARD_HAVE_AVX512)
 ORCHARD_DECLARE_VARIANT(avx512)
 #endif
-#if defined(ORCHARD_HAVE_AVX512_VNNI)
-ORCHARD_DECLARE_VARIANT(avx512_vnni)
-#endif
 #if defined(ORCHARD_HAVE_NEON)
 ORCHARD_DECLARE_VARIANT(neon)
 #endif
@@ -56,16 +53,8 @@ bool cpu_has_avx512() {
   return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
-
-bool cpu_has_avx512_vnni() {
-  return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
-}
 #endif
 
-#if defined(ORCHARD_HAVE_AVX512_VNNI)
-const Variant kAvx512Vnni = {"avx512-vnni", cpu_has_avx512_vnni, avx512_vnni::prepare, avx512_vnni::rows,
-                             avx512_vnni::dequantize};
-#endif
 #if defined(ORCHARD_HAVE_AVX512)
 const Variant kAvx512 = {"avx512", cpu_has_avx512, avx512::prepare, avx512::rows, avx512::dequantize};
 #endif
@@ -146,15 +135,12 @@ ActLayout act_layout(int M, int K, int group_size) {
   ActLayout a;
   a.blocks = K / kBlock;
   a.groups = K / group_size;
-  a.pairs = (a.blocks + 1) / 2;
-  a.xq_stride = a.pairs * 128;  // two int16 parts per activation
+  a.xq_stride = a.blocks * 64;  // two int16 parts per activation
   size_t offset = 0;
   a.xq = offset;
   offset = align_up(offset + sizeof(int16_t) * M * a.xq_stride);
   a.dx = offset;
   offset = align_up(offset + sizeof(float) * M * a.blocks);
-  a.dxv = offset;
-  offset = align_up(offset + sizeof(float) * M * a.pairs * 16);
   a.xsum = offset;
   offset = align_up(offset + sizeof(float) * M * a.groups);
   a.xf = offset;
@@ -164,14 +150,11 @@ ActLayout act_layout(int M, int K, int group_size) {
 }
 
 size_t row_scratch_floats(int K, int group_size) {
-  return 2 * static_cast<size_t>(K / group_size) + 32;
+  return 4 * static_cast<size_t>(K / group_size) + 32;  // two outputs' scales and biases
 }
 
 const Variant* const* variants() {
   static const Variant* const list[] = {
-#if defined(ORCHARD_HAVE_AVX512_VNNI)
-      &kAvx512Vnni,
-#endif
 #if defined(ORCHARD_HAVE_AVX512)
       &kAvx512,
 #endif

@@ -3,11 +3,14 @@
 //
 // y[m, n] = sum_k x[m, k] * (scale[n, g(k)] * q[n, k] + bias[n, g(k)])    (MLX's affine layout)
 //
-// Activations are held as integers per block of 32 inputs (a float step dx per block, each x as two
-// int16 parts, ~30 bits together), so each block of a weight row is integer dot products:
-//   y[m, n] = sum_g scale[n, g] * sum_{b in g} dx[m, b] * idot(xq[m, b], q[n, b])
-//           + sum_g bias[n, g] * xsum[m, g]
-// where xsum is the exact float sum of x over the group (the bias term is not quantized).
+// Two ways to compute it (qmm_impl.h picks by row count and variant):
+// - integer: activations held per block of 32 inputs as a float step dx and two int16 parts per x
+//   (~30 bits together), so each block of a weight row is integer dot products:
+//     y[m, n] = sum_g scale[n, g] * sum_{b in g} dx[m, b] * idot(xq[m, b], q[n, b])
+//             + sum_g bias[n, g] * xsum[m, g]
+//   where xsum is the exact float sum of x over the group (the bias term is not quantized);
+// - float (several rows, AVX-512): each block of weights dequantized once, scale * q + bias as MLX
+//   does, and multiplied with every row's float32 x.
 //
 // This header holds plain data only: the variants are compiled with different -m flags, so nothing
 // inline or templated may be shared between them (the linker would keep one copy, of any ISA).
@@ -41,13 +44,11 @@ struct Problem {
 struct ActLayout {
   int blocks;           // K / 32
   int groups;           // K / group_size
-  int pairs;            // ceil(blocks / 2)
-  int xq_stride;        // int16 elements per row of xq: pairs * 128 (an odd last block is padded with zeros)
+  int xq_stride;        // int16 elements per row of xq: blocks * 64
   size_t xq;            // int16 [M][xq_stride]: two parts per activation, in the order the variant's
                         // weight loop reads them (qmm_impl.h)
   size_t dx;            // float [M][blocks]: the block's step
-  size_t dxv;           // float [M][pairs][16]: dx of a pair of blocks, each repeated 8 times (512-bit lanes)
-  size_t xsum;          // float [M][groups]: exact sum of x over the group
+  size_t xsum;          // float [M][groups]: exact sum of x over the group (integer path)
   size_t xf;            // float [M][K]: x itself, in the order a variant's float path reads it (qmm_impl.h)
   size_t bytes;         // total
 };

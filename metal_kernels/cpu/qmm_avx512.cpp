@@ -1,3 +1,3 @@
-// x86-64 with AVX-512 F/BW/VL/DQ but no VNNI (Skylake-SP, Cascade Lake without it): vpmaddwd.
+// x86-64 with AVX-512 F/BW/VL/DQ (Skylake-SP and later, Zen 4 and later): the float path, FMA.
 #define ORCHARD_VARIANT avx512
 #include "qmm_impl.h"

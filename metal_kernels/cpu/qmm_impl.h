@@ -1,15 +1,17 @@
 // The kernel body, compiled once per instruction-set variant: qmm_<variant>.cpp defines
 // ORCHARD_VARIANT (the namespace) and is built with that variant's -m flags, and the preprocessor
-// picks the matching inner loop below (AVX-512 with or without VNNI, AVX2, NEON, or plain C++).
+// picks the matching inner loop below (AVX-512, AVX2, NEON, or plain C++).
 // Everything here stays inside the variant's namespace (an anonymous one, except the three entry
 // points), and no std:: template is used: code built with AVX-512 flags must never be what another
 // variant's call ends up linked to.
 //
-// Layout recap (qmm.h): for each output row n and each group g of `group_size` inputs,
+// Layout recap (qmm.h). AVX-512 takes the float path: each block of weights dequantized to float
+// once, multiplied with float32 x. The others take the integer path: for each output row n and each
+// group g of `group_size` inputs,
 //   y[m, n] += scale[n, g] * sum_{blocks b of g} dx[m, b] * idot(xq[m, b], q[n, b]) + bias[n, g] * xsum[m, g]
 // The integer dot products multiply the unsigned codes (widened to int16) by int16 activations in
-// pairs summed into int32 (madd / vpdpwssd): a block's sums stay below 32 * 255 * 32767 < 2^31.
-// Each activation is two int16 parts, x = dx * (hi + lo / 65534): two dot products per block.
+// pairs summed into int32 (madd): a block's sums stay below 32 * 255 * 32767 < 2^31. Each
+// activation is two int16 parts, x = dx * (hi + lo / 65534): two dot products per block.
 
 #include <cstring>
 
@@ -145,11 +147,19 @@ inline void store(const Problem& p, int m, int n, float y) {
   }
 }
 
+// The bias term's dot product over a row's groups (9 to 24 of them): four scalar chains. A vector
+// reduction over so few lanes ends in a serial sum of 16 lanes through memory, per output and row.
 inline float dot(const float* a, const float* b, int n) {
-  float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-  for (int i = 0; i < n; i++) acc += a[i] * b[i];
-  return acc;
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 = __builtin_fmaf(a[i], b[i], s0);
+    s1 = __builtin_fmaf(a[i + 1], b[i + 1], s1);
+    s2 = __builtin_fmaf(a[i + 2], b[i + 2], s2);
+    s3 = __builtin_fmaf(a[i + 3], b[i + 3], s3);
+  }
+  for (; i < n; i++) s0 = __builtin_fmaf(a[i], b[i], s0);
+  return (s0 + s1) + (s2 + s3);
 }
 
 // MLX packs `BITS`-bit codes as a little-endian bit stream: eight codes fill exactly BITS bytes.
@@ -234,7 +244,7 @@ inline __m256i unpack32(const uint8_t* src, const uint8_t* end) {
 #endif
 
 // ------------------------------------------------------------------------------------------------
-// Activations: per block of 32, the step dx = max|x| / 32767 and each x as two int16 parts,
+// Activations (the integer path): per block of 32, the step dx = max|x| / 32767 and each x as two int16 parts,
 //   x = dx * (hi + lo / 65534),  hi = rint(x / dx),  lo = rint((x - dx * hi) / (dx / 65534)),
 // so x is kept to within dx / 131068 (~2.3e-10 of the block's largest |x|: float32 rounding of the
 // sums dominates), plus exact group sums for the bias term. One int16 part alone (~1.5e-5) already
@@ -245,73 +255,51 @@ inline __m256i unpack32(const uint8_t* src, const uint8_t* end) {
 // Each block's 32 codes are taken as two halves of 16: for 4 bits the low nibbles of its 16 bytes
 // (codes 0, 2, ..., 30) and the high nibbles (1, 3, ..., 31), else codes 0..15 and 16..31. The
 // activations are stored in the order the weight loop reads the halves: per block [h0, h1] of the
-// high parts then the same of the low parts, or, where a 512-bit register holds a pair of blocks,
-// per pair [b0 h0, b1 h0, b0 h1, b1 h1] of the high parts, then the low parts.
+// high parts then the same of the low parts.
 
-#if defined(ORCHARD_QMM_AVX512)
-constexpr bool kPairLayout = true;
-#else
-constexpr bool kPairLayout = false;
-#endif
 constexpr float kLow = 65534.0f;  // lo's unit is dx / kLow: |lo| <= kLow / 2 fits int16
 
 inline int16_t* act_position(int16_t* row, int block, int half, int part) {
-  return kPairLayout ? row + (block / 2) * 128 + part * 64 + half * 32 + (block % 2) * 16
-                     : row + block * 64 + part * 32 + half * 16;
+  return row + block * 64 + part * 32 + half * 16;
 }
 
-// Several rows at once: where a variant has it, a float path (float_tile below) multiplies each
-// block's codes, converted to float and scaled once, with every row's float32 x by FMA. That shares
-// the weight's unpacking between the rows and keeps x exact, where the integer path does two dot
-// products per row and block; at one or two rows the integer path is faster.
+// Where a variant has it (AVX-512), the float path (float_tile below) dequantizes each block of
+// two outputs' weights to float once (scale * code + bias) and multiplies it with every row's
+// float32 x by FMA: the weight's unpacking is shared between the rows and each load of x between
+// the two outputs, and x stays exact. It measured faster than the integer path from one row on
+// (docs/performance.md, "Third pass"), so those variants have no integer path.
 #if defined(ORCHARD_QMM_AVX512)
-constexpr int kFloatMinRows = 3;
-#else
-constexpr int kFloatMinRows = 1 << 30;  // no float path: the integer one for every row count
-#endif
-
-inline bool float_path(const Problem& p) {
-  return p.M >= kFloatMinRows;
-}
-
 // The float path's x: per block of 32, for 4 bits the inputs of the low nibbles (0, 2, ..., 30) then
-// of the high nibbles (1, 3, ..., 31), as the codes unpack; for other widths in order. Plus xsum.
-void prepare_float(const Problem& p, const ActLayout& a, uint8_t* act) {
+// of the high nibbles (1, 3, ..., 31), as the codes unpack; for other widths in order.
+void prepare_impl(const Problem& p, const ActLayout& a, uint8_t* act) {
   const int K = p.K;
-  const int blocks_per_group = p.group_size / kBlock;
   for (int m = 0; m < p.M; m++) {
     float* xf = reinterpret_cast<float*>(act + a.xf) + static_cast<size_t>(m) * K;
-    float* xsum = reinterpret_cast<float*>(act + a.xsum) + static_cast<size_t>(m) * a.groups;
-    for (int g = 0; g < a.groups; g++) xsum[g] = 0.0f;
     for (int b = 0; b < a.blocks; b++) {
-      alignas(64) float v[kBlock];
-      to_float(p.x, p.x_type, static_cast<size_t>(m) * K + static_cast<size_t>(b) * kBlock, kBlock, v);
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int i = 0; i < kBlock; i++) sum += v[i];
-      xsum[b / blocks_per_group] += sum;
       float* out = xf + static_cast<size_t>(b) * kBlock;
+      const size_t offset = static_cast<size_t>(m) * K + static_cast<size_t>(b) * kBlock;
       if (p.bits == 4) {
+        alignas(64) float v[kBlock];
+        to_float(p.x, p.x_type, offset, kBlock, v);
         for (int i = 0; i < 16; i++) {
           out[i] = v[2 * i];
           out[16 + i] = v[2 * i + 1];
         }
       } else {
-        std::memcpy(out, v, sizeof(v));
+        to_float(p.x, p.x_type, offset, kBlock, out);
       }
     }
   }
 }
 
+#else
 void prepare_impl(const Problem& p, const ActLayout& a, uint8_t* act) {
-  if (float_path(p)) return prepare_float(p, a, act);
   const int K = p.K;
   const int blocks_per_group = p.group_size / kBlock;
   const bool nibbles = p.bits == 4;
   for (int m = 0; m < p.M; m++) {
     int16_t* xq = reinterpret_cast<int16_t*>(act + a.xq) + static_cast<size_t>(m) * a.xq_stride;
     float* dx = reinterpret_cast<float*>(act + a.dx) + static_cast<size_t>(m) * a.blocks;
-    float* dxv = reinterpret_cast<float*>(act + a.dxv) + static_cast<size_t>(m) * a.pairs * 16;
     float* xsum = reinterpret_cast<float*>(act + a.xsum) + static_cast<size_t>(m) * a.groups;
     for (int g = 0; g < a.groups; g++) xsum[g] = 0.0f;
     for (int b = 0; b < a.blocks; b++) {
@@ -344,122 +332,35 @@ void prepare_impl(const Problem& p, const ActLayout& a, uint8_t* act) {
         }
       }
       dx[b] = step;
-      for (int i = 0; i < 8; i++) dxv[(b / 2) * 16 + (b % 2) * 8 + i] = step;
       xsum[b / blocks_per_group] += sum;
-    }
-    if (a.blocks % 2) {  // the missing block of the last pair: zero activations, zero step
-      for (int h = 0; h < 2; h++) {
-        for (int part = 0; part < 2; part++) {
-          int16_t* out = act_position(xq, a.blocks, h, part);
-          for (int i = 0; i < 16; i++) out[i] = 0;
-        }
-      }
-      for (int i = 8; i < 16; i++) dxv[(a.pairs - 1) * 16 + i] = 0.0f;
     }
   }
 }
+#endif
 
 // ------------------------------------------------------------------------------------------------
-// The weight loop. tile<BITS, MT> computes MT rows m of one output n, without the bias term.
+// The weight loop: float_tile (AVX-512) or tile<BITS, MT> (the integer path: MT rows m of one output
+// n, without the bias term).
+
+// The weights stream from memory once per call (a model's are larger than the caches), and the loop
+// stalls on them unless it asks kPrefetchRows rows ahead (measured in docs/performance.md, "Third
+// pass": the hardware prefetchers alone left it waiting).
+constexpr int kPrefetchRows = 8;
+
+inline void prefetch_rows(const Problem& p, int n, int count) {
+  const uint8_t* later = p.w + static_cast<size_t>(n + kPrefetchRows) * p.row_bytes;
+  if (later + count * p.row_bytes > p.w_end) return;
+  for (size_t at = 0; at < count * p.row_bytes; at += 64) __builtin_prefetch(later + at);
+}
 
 #if defined(ORCHARD_QMM_AVX512)
 constexpr int kMaxTile = 8;
 
-// The codes of a pair of blocks as two registers of 32 int16: [b0 h0, b1 h0] and [b0 h1, b1 h1].
-// `half`: only the first block exists (the last pair of a row with an odd number of blocks).
-template <int BITS>
-inline void load_pair(const uint8_t* row, int pair, bool half, const uint8_t* end, __m512i& first,
-                      __m512i& second) {
-  if constexpr (BITS == 4) {
-    const uint8_t* src = row + 32 * pair;
-    __m256i raw = half ? _mm256_maskz_loadu_epi8(0xFFFFu, src) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-    __m512i bytes = _mm512_cvtepu8_epi16(raw);  // widen first: then each nibble is one and / one shift
-    first = _mm512_and_si512(bytes, _mm512_set1_epi16(0x0F));
-    second = _mm512_srli_epi16(bytes, 4);
-  } else if constexpr (BITS == 8) {
-    const uint8_t* src = row + 64 * pair;
-    auto load = [&](int offset) {
-      return half && offset >= 32 ? _mm_setzero_si128() : _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + offset));
-    };
-    first = _mm512_cvtepu8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(load(0)), load(32), 1));
-    second = _mm512_cvtepu8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(load(16)), load(48), 1));
-  } else {
-    const uint8_t* src = row + pair * 8 * BITS;
-    __m512i b0 = unpack32<BITS>(src, end);
-    __m512i b1 = half ? _mm512_setzero_si512() : unpack32<BITS>(src + 4 * BITS, end);
-    first = _mm512_shuffle_i64x2(b0, b1, _MM_SHUFFLE(1, 0, 1, 0));   // [b0 codes 0..15, b1 codes 0..15]
-    second = _mm512_shuffle_i64x2(b0, b1, _MM_SHUFFLE(3, 2, 3, 2));  // [b0 codes 16..31, b1 codes 16..31]
-  }
-}
-
-// int32 lanes 0..7 hold block 0's sums, lanes 8..15 block 1's.
-inline __m512i pair_dot(__m512i w0, __m512i w1, const int16_t* x) {
-#if defined(__AVX512VNNI__)
-  __m512i d = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(x));
-  return _mm512_dpwssd_epi32(d, w1, _mm512_loadu_si512(x + 32));
-#else
-  return _mm512_add_epi32(_mm512_madd_epi16(w0, _mm512_loadu_si512(x)), _mm512_madd_epi16(w1, _mm512_loadu_si512(x + 32)));
-#endif
-}
-
-// The pair's dot products in units of dx: hi + lo / kLow, per lane.
-inline __m512 pair_sums(__m512i w0, __m512i w1, const int16_t* x) {
-  __m512 lo = _mm512_cvtepi32_ps(pair_dot(w0, w1, x + 64));
-  return _mm512_fmadd_ps(lo, _mm512_set1_ps(1.0f / kLow), _mm512_cvtepi32_ps(pair_dot(w0, w1, x)));
-}
-
-template <int BITS, int MT>
-inline void tile(const Problem& p, const ActLayout& a, const uint8_t* act, const uint8_t* row, const float* scales,
-                 int m0, float* y) {
-  const int16_t* xq[MT];
-  const float* dxv[MT];
-  for (int m = 0; m < MT; m++) {
-    xq[m] = reinterpret_cast<const int16_t*>(act + a.xq) + static_cast<size_t>(m0 + m) * a.xq_stride;
-    dxv[m] = reinterpret_cast<const float*>(act + a.dxv) + static_cast<size_t>(m0 + m) * a.pairs * 16;
-  }
-  __m512 acc[MT];
-  for (int m = 0; m < MT; m++) acc[m] = _mm512_setzero_ps();
-  if (p.group_size == 32) {  // a pair spans two groups: scales [s0 x8, s1 x8]
-    for (int pair = 0; pair < a.pairs; pair++) {
-      const bool half = 2 * pair + 1 == a.blocks;
-      __m512i w0, w1;
-      load_pair<BITS>(row, pair, half, p.w_end, w0, w1);
-      __m512 s0 = _mm512_set1_ps(scales[2 * pair]);
-      __m512 sv = half ? _mm512_maskz_mov_ps(0x00FF, s0)
-                       : _mm512_insertf32x8(s0, _mm256_set1_ps(scales[2 * pair + 1]), 1);
-      for (int m = 0; m < MT; m++) {
-        __m512 d = pair_sums(w0, w1, xq[m] + 128 * pair);
-        acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_loadu_ps(dxv[m] + 16 * pair)), sv, acc[m]);
-      }
-    }
-  } else {  // groups of 64 or 128: whole pairs, one scale per group
-    const int pairs_per_group = p.group_size / 64;
-    for (int g = 0, pair = 0; g < a.groups; g++) {
-      __m512 gacc[MT];
-      for (int m = 0; m < MT; m++) gacc[m] = _mm512_setzero_ps();
-      for (int j = 0; j < pairs_per_group; j++, pair++) {
-        __m512i w0, w1;
-        load_pair<BITS>(row, pair, false, p.w_end, w0, w1);
-        for (int m = 0; m < MT; m++) {
-          __m512 d = pair_sums(w0, w1, xq[m] + 128 * pair);
-          gacc[m] = _mm512_fmadd_ps(d, _mm512_loadu_ps(dxv[m] + 16 * pair), gacc[m]);
-        }
-      }
-      __m512 sv = _mm512_set1_ps(scales[g]);
-      for (int m = 0; m < MT; m++) acc[m] = _mm512_fmadd_ps(gacc[m], sv, acc[m]);
-    }
-  }
-  for (int m = 0; m < MT; m++) y[m] = _mm512_reduce_add_ps(acc[m]);
-}
-
-// A block's 32 codes as two float vectors, in the order prepare_float lays x out.
+// A block's 32 codes as two float vectors, in the order prepare_float lays x out (4 bits: looked up
+// in float_tile instead).
 template <int BITS>
 inline void float_codes(const uint8_t* row, int block, const uint8_t* end, __m512& first, __m512& second) {
-  if constexpr (BITS == 4) {
-    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * block)));
-    first = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(0x0F)));
-    second = _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
-  } else if constexpr (BITS == 8) {
+  if constexpr (BITS == 8) {
     const uint8_t* src = row + 32 * block;
     first = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
     second = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16))));
@@ -470,28 +371,95 @@ inline void float_codes(const uint8_t* row, int block, const uint8_t* end, __m51
   }
 }
 
-// MT rows of one output on the float path, without the bias term: sum over blocks of
-// (scale * code) . x, the scaled codes computed once for all MT rows.
-template <int BITS, int MT>
-inline void float_tile(const Problem& p, const ActLayout& a, const uint8_t* act, const uint8_t* row,
-                       const float* scales, int m0, float* y) {
+// MT rows of NT outputs on the float path: sum over blocks of (scale * code + bias) . x, each
+// block's weights converted once for all MT rows, each x vector loaded once for all NT outputs.
+// y is [MT][NT].
+template <int BITS, int MT, int NT>
+inline void float_tile(const Problem& p, const ActLayout& a, const uint8_t* act, const uint8_t* const* rows,
+                       const float* const* scales, const float* const* biases, int m0, float (*y)[2]) {
   const float* xf[MT];
   for (int m = 0; m < MT; m++) xf[m] = reinterpret_cast<const float*>(act + a.xf) + static_cast<size_t>(m0 + m) * p.K;
-  __m512 acc[MT];
-  for (int m = 0; m < MT; m++) acc[m] = _mm512_setzero_ps();
+  __m512 acc[MT][NT];
+  for (int m = 0; m < MT; m++) {
+    for (int t = 0; t < NT; t++) acc[m][t] = _mm512_setzero_ps();
+  }
   const int blocks_per_group = p.group_size / kBlock;
-  for (int b = 0; b < a.blocks; b++) {
-    __m512 first, second;
-    float_codes<BITS>(row, b, p.w_end, first, second);
-    const __m512 scale = _mm512_set1_ps(scales[b / blocks_per_group]);
-    first = _mm512_mul_ps(first, scale);
-    second = _mm512_mul_ps(second, scale);
-    for (int m = 0; m < MT; m++) {
-      acc[m] = _mm512_fmadd_ps(first, _mm512_loadu_ps(xf[m] + kBlock * b), acc[m]);
-      acc[m] = _mm512_fmadd_ps(second, _mm512_loadu_ps(xf[m] + kBlock * b + 16), acc[m]);
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int g = 0, b = 0; g < a.groups; g++) {
+    // 4 bits: `table` holds the group's sixteen weight values, scale * code + bias, looked up by
+    // code (one permute) where converting and scaling each code would take three instructions.
+    __m512 scale[NT], bias[NT], table[NT];
+    for (int t = 0; t < NT; t++) {
+      scale[t] = _mm512_set1_ps(scales[t][g]);
+      bias[t] = _mm512_set1_ps(biases[t][g]);
+      if constexpr (BITS == 4) table[t] = _mm512_fmadd_ps(codes, scale[t], bias[t]);
+    }
+    for (int j = 0; j < blocks_per_group; j++, b++) {
+      __m512 first[NT], second[NT];
+      for (int t = 0; t < NT; t++) {
+        if constexpr (BITS == 4) {
+          const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[t] + 16 * b)));
+          first[t] = _mm512_permutexvar_ps(bytes, table[t]);  // the index is each lane's low 4 bits
+          second[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table[t]);
+        } else {
+          float_codes<BITS>(rows[t], b, p.w_end, first[t], second[t]);
+          first[t] = _mm512_fmadd_ps(first[t], scale[t], bias[t]);
+          second[t] = _mm512_fmadd_ps(second[t], scale[t], bias[t]);
+        }
+      }
+      for (int m = 0; m < MT; m++) {
+        const __m512 x0 = _mm512_loadu_ps(xf[m] + kBlock * b), x1 = _mm512_loadu_ps(xf[m] + kBlock * b + 16);
+        for (int t = 0; t < NT; t++) {
+          acc[m][t] = _mm512_fmadd_ps(first[t], x0, acc[m][t]);
+          acc[m][t] = _mm512_fmadd_ps(second[t], x1, acc[m][t]);
+        }
+      }
     }
   }
-  for (int m = 0; m < MT; m++) y[m] = _mm512_reduce_add_ps(acc[m]);
+  for (int m = 0; m < MT; m++) {
+    for (int t = 0; t < NT; t++) y[m][t] = _mm512_reduce_add_ps(acc[m][t]);
+  }
+}
+
+template <int BITS, int MT, int NT>
+inline void float_tile_rows(const Problem& p, const ActLayout& a, const uint8_t* act, const uint8_t* const* rows,
+                            const float* const* scales, const float* const* biases, int m0, int count,
+                            float (*y)[2]) {
+  if constexpr (MT > 1) {
+    if (count < MT) return float_tile_rows<BITS, MT - 1, NT>(p, a, act, rows, scales, biases, m0, count, y);
+  }
+  float_tile<BITS, MT, NT>(p, a, act, rows, scales, biases, m0, y);
+}
+
+// Outputs n0 <= n < n1 on the float path, two at a time; `scratch` holds two rows' scales and biases.
+template <int BITS>
+void float_rows_bits(const Problem& p, const ActLayout& a, const uint8_t* act, int n0, int n1, float* scratch) {
+  const int groups = a.groups;
+  for (int n = n0; n < n1; n += 2) {
+    const int outputs = imin(2, n1 - n);
+    prefetch_rows(p, n, 2);
+    const uint8_t* rows[2];
+    const float* scales[2];
+    const float* biases[2];
+    for (int t = 0; t < outputs; t++) {
+      rows[t] = p.w + static_cast<size_t>(n + t) * p.row_bytes;
+      const size_t offset = static_cast<size_t>(n + t) * groups;
+      scales[t] = row_floats(p.scales, p.scale_type, offset, groups, scratch + (2 * t) * groups);
+      biases[t] = row_floats(p.biases, p.bias_type, offset, groups, scratch + (2 * t + 1) * groups);
+    }
+    for (int m0 = 0; m0 < p.M; m0 += kMaxTile) {
+      const int count = imin(kMaxTile, p.M - m0);
+      float y[kMaxTile][2];
+      if (outputs == 2) {
+        float_tile_rows<BITS, kMaxTile, 2>(p, a, act, rows, scales, biases, m0, count, y);
+      } else {
+        float_tile_rows<BITS, kMaxTile, 1>(p, a, act, rows, scales, biases, m0, count, y);
+      }
+      for (int m = 0; m < count; m++) {
+        for (int t = 0; t < outputs; t++) store(p, m0 + m, n + t, y[m][t]);
+      }
+    }
+  }
 }
 
 #elif defined(ORCHARD_QMM_AVX2)
@@ -665,15 +633,18 @@ inline void tile(const Problem& p, const ActLayout& a, const uint8_t* act, const
 }
 #endif
 
+#if defined(ORCHARD_QMM_AVX512)
+template <int BITS>
+void rows_bits(const Problem& p, const ActLayout& a, const uint8_t* act, int n0, int n1, float* scratch) {
+  float_rows_bits<BITS>(p, a, act, n0, n1, scratch);
+}
+#else
 template <int BITS, int MT>
 inline void tile_rows(const Problem& p, const ActLayout& a, const uint8_t* act, const uint8_t* row, const float* scales,
                       int m0, int count, float* y) {
   if constexpr (MT > 1) {
     if (count < MT) return tile_rows<BITS, MT - 1>(p, a, act, row, scales, m0, count, y);
   }
-#if defined(ORCHARD_QMM_AVX512)
-  if (float_path(p)) return float_tile<BITS, MT>(p, a, act, row, scales, m0, y);
-#endif
   tile<BITS, MT>(p, a, act, row, scales, m0, y);
 }
 
@@ -684,6 +655,7 @@ void rows_bits(const Problem& p, const ActLayout& a, const uint8_t* act, int n0,
   float* bias_tmp = scratch + groups;
   const float* xsum_all = reinterpret_cast<const float*>(act + a.xsum);
   for (int n = n0; n < n1; n++) {
+    prefetch_rows(p, n, 1);
     const uint8_t* row = p.w + static_cast<size_t>(n) * p.row_bytes;
     const size_t offset = static_cast<size_t>(n) * groups;
     const float* scales = row_floats(p.scales, p.scale_type, offset, groups, scale_tmp);
@@ -699,6 +671,7 @@ void rows_bits(const Problem& p, const ActLayout& a, const uint8_t* act, int n0,
     }
   }
 }
+#endif
 
 // ------------------------------------------------------------------------------------------------
 // Dequantization to float32 (the GEMM path for many rows): row n of the output is

@@ -69,7 +69,8 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None, so
             and (sinks is None or sinks.dtype == mx.float32)):
         return native.module().decode_attention(q, k, v, scale, None if isinstance(mask, str) else mask, sinks)
     if cpu_math.enabled(q):
-        return cpu_math.attention(q, k, v, scale, mask, softcap, sinks)
+        softmax = native.module().softmax if native_enabled() else None
+        return cpu_math.attention(q, k, v, scale, mask, softcap, sinks, softmax)
     if softcap is None:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
     return _softcapped_attention(q, k, v, scale, mask, softcap, sinks)
