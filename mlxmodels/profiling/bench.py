@@ -155,6 +155,11 @@ def benchmark(tests, repetitions: int, model_ref=None, synthetic: str | None = N
             synthetic, bits, group_size, cpu_weights,
             progress=lambda i, n: progress(f"building synthetic {synthetic}: tensor {i}/{n}"), layers=layers,
             overrides=overrides)
+        if "mlx-lm" not in compare:
+            # Only mlx-lm loads the very same tensors; held otherwise, the ones the CPU policy rewrote
+            # (joined projections, fp32 copies) would stay resident beside the model's and count in
+            # its memory figures.
+            weights = None
         name, source_ref = f"synthetic:{synthetic}", f"synthetic preset {synthetic} (random weights)"
         changes = ([f"first {layers} layers"] if layers is not None else []) + \
             [f"{k}={v}" for k, v in (overrides or {}).items()]
