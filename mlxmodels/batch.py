@@ -651,7 +651,7 @@ def batch_trims(batch: list) -> bool:
     return all(layer.trims for layer in batch)
 
 
-def rows_rewind(cache: list) -> bool:
+def caches_trim(cache: list) -> bool:
     """Whether a batch of per-sequence caches like `cache` could drop any row's newest tokens
     (`batch_trims` of their batch, without building it)."""
     return all(_batched_kind(layer).trims for layer in cache)

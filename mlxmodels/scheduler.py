@@ -51,8 +51,8 @@ from typing import Callable, Sequence
 
 import mlx.core as mx
 
-from mlxmodels.batch import (batch_caches, batch_state, batch_trims, extend_batch, extract_row, mark_rows,
-                             rewind_rows, rows_rewind, select_rows)
+from mlxmodels.batch import (batch_caches, batch_state, batch_trims, caches_trim, extend_batch, extract_row,
+                             mark_rows, rewind_rows, select_rows)
 from mlxmodels.cache import can_trim_cache, cache_offset, copy_cache
 from mlxmodels.constrain import apply_token_mask, batch_mask
 from mlxmodels.errors import OrchardError
@@ -452,7 +452,7 @@ class Scheduler:
         padding) only chunks of the first one's length, else while padding stays small."""
         first, stop = chunks[0]
         length = stop - first.done
-        trims = rows_rewind(first.cache)
+        trims = caches_trim(first.cache)
         group, real, longest = [chunks[0]], length, length
         for s, stop in chunks[1:]:
             n = stop - s.done

@@ -63,24 +63,25 @@ void require_float32(const char* op, const char* name, const mx::array& a) {
   if (a.dtype() != mx::float32) invalid(op, std::string(name) + " must be float32");
 }
 
-// What the fused primitives share: they run on the CPU only.
+// What the fused primitives share: they run on the CPU only, and (unless they say otherwise) their
+// output has their first input's shape.
 class FusedPrimitive : public mx::UnaryPrimitive {
  public:
   using mx::UnaryPrimitive::UnaryPrimitive;
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error(std::string("[orchard ") + name() + "] runs on the CPU only");
   }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
 };
 
-// A row-wise primitive with one integer setting, whose output has its first input's shape.
+// A row-wise primitive with one integer setting.
 class SettingPrimitive : public FusedPrimitive {
  public:
   SettingPrimitive(mx::Stream stream, int setting) : FusedPrimitive(stream), setting_(setting) {}
   bool is_equivalent(const mx::Primitive& other) const override {
     return typeid(*this) == typeid(other) && setting_ == static_cast<const SettingPrimitive&>(other).setting_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
   }
 
  protected:
@@ -128,9 +129,6 @@ class FusedRMSNorm : public FusedPrimitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto& o = static_cast<const FusedRMSNorm&>(other);
     return eps_ == o.eps_ && weighted_ == o.weighted_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
   }
 
  private:
@@ -195,9 +193,6 @@ class FusedRope : public FusedPrimitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto& o = static_cast<const FusedRope&>(other);
     return dims_ == o.dims_ && traditional_ == o.traditional_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
   }
 
  private:

@@ -3,14 +3,14 @@
 //
 // y[m, n] = sum_k x[m, k] * (scale[n, g(k)] * q[n, k] + bias[n, g(k)])    (MLX's affine layout)
 //
-// Two ways to compute it (qmm_impl.h picks by row count and variant):
+// Two ways to compute it (qmm_impl.h, by instruction-set variant):
 // - integer: activations held per block of 32 inputs as a float step dx and two int16 parts per x
 //   (~30 bits together), so each block of a weight row is integer dot products:
 //     y[m, n] = sum_g scale[n, g] * sum_{b in g} dx[m, b] * idot(xq[m, b], q[n, b])
 //             + sum_g bias[n, g] * xsum[m, g]
 //   where xsum is the exact float sum of x over the group (the bias term is not quantized);
-// - float (several rows, AVX-512): each block of weights dequantized once, scale * q + bias as MLX
-//   does, and multiplied with every row's float32 x.
+// - float (AVX-512): each block of weights dequantized once, scale * q + bias as MLX does, and
+//   multiplied with every row's float32 x.
 //
 // This header holds plain data only: the variants are compiled with different -m flags, so nothing
 // inline or templated may be shared between them (the linker would keep one copy, of any ISA).

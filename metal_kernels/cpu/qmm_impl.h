@@ -356,7 +356,7 @@ inline void prefetch_rows(const Problem& p, int n, int count) {
 #if defined(ORCHARD_QMM_AVX512)
 constexpr int kMaxTile = 8;
 
-// A block's 32 codes as two float vectors, in the order prepare_float lays x out (4 bits: looked up
+// A block's 32 codes as two float vectors, in the order prepare_impl lays x out (4 bits: looked up
 // in float_tile instead).
 template <int BITS>
 inline void float_codes(const uint8_t* row, int block, const uint8_t* end, __m512& first, __m512& second) {

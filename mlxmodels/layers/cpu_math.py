@@ -66,13 +66,12 @@ def _exp_parts(x: mx.array) -> tuple[mx.array, mx.array]:
     # Clamped so 2**n stays a normal float: above e**87.3 it saturates at 2**126 (float32 overflows
     # at e**88.7 anyway); below e**-87.3 (a masked score's -inf included) the result is exactly 0.
     # Not the clamp's ~1e-38: multiplied by values below 1 in the attention's weights @ values,
-    # those make denormal products, which x86 computes ~100x slower (a 512-token prefill's
-    # attention took 92 instead of 26 ms a layer).
+    # those make denormal products, which x86 computes far slower (docs/performance.md, "Third pass").
     tiny = x < -87.33
     x = mx.clip(x, -87.33, 87.33)
     # n = x / ln 2 rounded to nearest by adding and taking away 1.5 * 2**23 (the float's spacing is
     # 1 there): plain adds, which the compiled loop vectorizes, where `floor` is a libm call per
-    # element (measured 3-4x slower for the whole function).
+    # element.
     n = (x * _LOG2E + _ROUNDER) - _ROUNDER
     r = (x - n * _LN2_HI) - n * _LN2_LO
     p = r * _EXP_POLY[0] + _EXP_POLY[1]
