@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.served import api_base, auth_headers, served_models
+
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 300
 
@@ -35,8 +37,8 @@ def register(actions) -> None:
     p = actions.add_parser("serve", help="load-test a server: aggregate tok/s, TTFT and inter-token latency",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_option(p)
-    p.add_argument("--url", default=None, help="benchmark a running OpenAI-compatible server (its /v1 URL) "
-                                               "instead of starting `orchard serve`")
+    p.add_argument("--url", default=None, help="benchmark a running OpenAI-compatible server (its root or /v1 "
+                                               "URL) instead of starting `orchard serve`")
     p.add_argument("--api-key", default=None, help="with --url: the server's API key")
     p.add_argument("-c", "--clients", default="1,8", metavar="N[,N…]",
                    help="concurrent streaming clients; a list runs each (default 1,8)")
@@ -102,7 +104,7 @@ async def run_load(base: str, model: str, prompts: list[str], clients: int, max_
     import httpx
 
     url = f"{base}/completions"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     pending = list(enumerate(prompts))
     results: list[Result | None] = [None] * len(prompts)
 
@@ -236,7 +238,7 @@ def start_orchard(model_dir: Path, clients: int, cpu_weights: str) -> tuple[_Pro
         raise OrchardError("orchard serve did not start:\n" + "".join(server.log[-20:]))
     base = server.address
     server.wait_healthy(base.removesuffix("/v1"))
-    return server, base, _served_name(base)
+    return server, base, _served_name(base, None)
 
 
 def start_mlx_lm(model_dir: Path) -> tuple[_Process, str, str]:
@@ -248,10 +250,8 @@ def start_mlx_lm(model_dir: Path) -> tuple[_Process, str, str]:
     return server, f"{root}/v1", str(model_dir)
 
 
-def _served_name(base: str) -> str:
-    import httpx
-
-    return httpx.get(f"{base}/models", timeout=10).json()["data"][0]["id"]
+def _served_name(base: str, api_key: str | None) -> str:
+    return served_models(base, api_key, timeout=10)[0]["id"]
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -298,7 +298,8 @@ def handle(args: argparse.Namespace) -> int:
     for engine in engines:
         server = None
         if args.url:
-            base, name = args.url.rstrip("/"), _served_name(args.url.rstrip("/"))
+            base = api_base(args.url, "--url")
+            name = _served_name(base, args.api_key)
         elif engine == "orchard":
             _status(f"starting orchard serve on {model_dir.name} …")
             server, base, name = start_orchard(model_dir, max(levels), args.cpu_weights)

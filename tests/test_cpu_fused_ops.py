@@ -129,6 +129,29 @@ def test_decode_attention_matches_mlx(ops, B, H, H_kv, S, D):
     assert _max_diff(got, reference(q, k, v, scale=0.125, sinks=sinks)) < TOL
 
 
+@pytest.mark.parametrize("additive", [False, True])
+def test_decode_attention_skips_a_rows_padding(ops, additive):
+    """A batch cache pads shorter rows to the longest (masked on the left, and on the right after a
+    verification pass): those columns are not read at all. NaN there would poison any product with a
+    zero weight, so each row matching attention over its own columns alone proves they were skipped."""
+    B, H, H_kv, S, D = 4, 6, 2, 70, 64
+    spans = [(0, 70), (23, 70), (40, 61), (69, 70)]
+    q = mx.random.normal((B, H, 1, D), key=mx.random.key(1))
+    k = np.array(mx.random.normal((B, H_kv, S, D), key=mx.random.key(2)))
+    v = np.array(mx.random.normal((B, H_kv, S, D), key=mx.random.key(3)))
+    visible = np.zeros((B, 1, 1, S), dtype=bool)
+    for b, (first, last) in enumerate(spans):
+        k[b, :, :first] = k[b, :, last:] = np.nan
+        v[b, :, :first] = v[b, :, last:] = np.nan
+        visible[b, ..., first:last] = True
+    mask = mx.where(mx.array(visible), 0.0, -mx.inf) if additive else mx.array(visible)
+    got = ops.decode_attention(q, mx.array(k), mx.array(v), 0.125, mask)
+    for b, (first, last) in enumerate(spans):
+        alone = mx.fast.scaled_dot_product_attention(q[b : b + 1], mx.array(k[b : b + 1, :, first:last]),
+                                                     mx.array(v[b : b + 1, :, first:last]), scale=0.125)
+        assert _max_diff(got[b : b + 1], alone) < TOL, (b, first, last)
+
+
 def test_bad_shapes_are_named(ops):
     q, k = mx.zeros((1, 4, 1, 8)), mx.zeros((1, 3, 5, 8))
     with pytest.raises(ValueError, match="shapes do not match"):

@@ -414,6 +414,23 @@ def test_sixty_four_at_once_with_four_slots(tiny):
     assert good(tiny) == before
 
 
+def test_bench_serve_against_a_running_server(tiny, capsys):
+    """`bench serve --url` takes the server's root or its /v1 URL and the server's API key; a wrong
+    key, a server that is not there or a URL without a scheme is one line, exit 1."""
+    from app.main import main
+
+    common = ["bench", "serve", "-m", str(FIXTURES / "llama3-v5"), "-c", "1", "-n", "1", "-p", "8", "-g", "2"]
+    assert main([*common, "--url", tiny.root, "--api-key", "secret", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["engines"]["orchard"][0]["failed"] == 0
+    for url, key, message in ((tiny.base, "wrong", f"the server at {tiny.base} answered 401"),
+                              ("http://127.0.0.1:9", None, "cannot reach the server at http://127.0.0.1:9/v1"),
+                              ("127.0.0.1:8080", None, "--url 127.0.0.1:8080: give an http:// or https:// URL")):
+        assert main([*common, "--url", url] + (["--api-key", key] if key else [])) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
 def test_sigterm_drains_running_requests(smollm):
     """Last on the SmolLM2 server: SIGTERM with a stream running lets it finish, then exits 0."""
     body = {"model": "smollm2", "stream": True, "max_tokens": 24, "temperature": 0,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from app.served import api_base, auth_headers, error_message, served_models
 from mlxmodels.chat_session import UNKNOWN, ChatSession, Turn
 from mlxmodels.errors import OrchardError
 from mlxmodels.generate import GenerationChunk, GenerationStats
@@ -47,30 +48,16 @@ class RemoteModel:
         return []  # the server keeps the caches
 
     def headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return auth_headers(self.api_key)
 
 
 def remote_loader(url: str, api_key: str | None = None, timeout: float = 10.0) -> Callable:
     """A chat app loader that connects to the server at `url` instead of loading weights."""
-    base = url.rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        raise OrchardError(f"--server {url}: give an http:// or https:// URL, e.g. http://127.0.0.1:8080")
-    if not base.endswith("/v1"):
-        base += "/v1"
+    base = api_base(url, "--server")
 
     def load(reference: str | None, progress: Callable[[str], None]):
-        import httpx
-
         progress(f"connecting to {base}…")
-        try:
-            response = httpx.get(f"{base}/models", headers=_auth(api_key), timeout=timeout)
-        except httpx.HTTPError as e:
-            raise OrchardError(f"cannot reach the server at {base}: {e}") from None
-        if response.status_code != 200:
-            raise OrchardError(f"the server at {base} answered {response.status_code}: {_error_message(response)}")
-        models = response.json().get("data") or []
-        if not models:
-            raise OrchardError(f"the server at {base} serves no model")
+        models = served_models(base, api_key, timeout)
         chosen = models[0] if reference is None else next((m for m in models if m.get("id") == reference), None)
         if chosen is None:
             served = ", ".join(m.get("id", "?") for m in models)
@@ -78,17 +65,6 @@ def remote_loader(url: str, api_key: str | None = None, timeout: float = 10.0) -
         return RemoteModel(base, chosen["id"], int(chosen.get("context_length") or 0), api_key), None
 
     return load
-
-
-def _auth(api_key: str | None) -> dict:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-def _error_message(response) -> str:
-    try:
-        return response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]
 
 
 class RemoteSession(ChatSession):
@@ -132,7 +108,7 @@ class RemoteSession(ChatSession):
                     "POST", f"{model.base}/chat/completions", json=body, headers=model.headers()) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise OrchardError(f"the server answered {response.status_code}: {_error_message(response)}")
+                    raise OrchardError(f"the server answered {response.status_code}: {error_message(response)}")
                 for line in response.iter_lines():
                     if should_stop is not None and should_stop():
                         stopped, finish = True, "cancelled"

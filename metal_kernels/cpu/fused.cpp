@@ -317,7 +317,22 @@ inline __attribute__((always_inline)) float dot_row(const float* q, const float*
   return dot;
 }
 
-// One KV head of one batch row: its `groups` query heads read each key and value once.
+// The columns a row's mask leaves visible lie in [first, last): a batch's rows are padded to its
+// longest, and a short row need not read the padding's keys and values at all.
+inline void visible_span(const AttentionJob& j, int b, int& first, int& last) {
+  first = 0;
+  last = j.S;
+  if (j.mask_kind == kNoMask) return;
+  auto visible = [&](int s) {
+    const int64_t at = b * j.mask_batch + s * j.mask_token;
+    if (j.mask_kind == kBoolMask) return static_cast<const bool*>(j.mask)[at];
+    return static_cast<const float*>(j.mask)[at] != -std::numeric_limits<float>::infinity();
+  };
+  while (first < last && !visible(first)) first++;
+  while (last > first && !visible(last - 1)) last--;
+}
+
+// One KV head of one batch row: its `groups` query heads read each visible key once.
 ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
   const int groups = j.H / j.kv_heads, S = j.S, D = j.D, Dv = j.Dv;
   thread_local std::vector<float> scratch;
@@ -327,12 +342,19 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
   const float* values = j.v + b * j.v_batch + kv_head * j.v_head;
   const float* queries = j.q + b * j.q_batch;
   const int first_head = kv_head * groups;
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  int first, last;
+  visible_span(j, b, first, last);
+  for (int g = 0; g < groups; g++) {  // columns outside the span weigh exactly zero
+    std::fill(scores + g * S, scores + g * S + first, minus_infinity);
+    std::fill(scores + g * S + last, scores + (g + 1) * S, minus_infinity);
+  }
   // Keys and values stream from memory once per step (a batch's cache is larger than the caches):
   // the loop over keys asks ahead for later keys, and for the values the weighted sums read later.
   constexpr int kAhead = 8;
-  for (int s = 0; s < S; s++) {
+  for (int s = first; s < last; s++) {
     const float* key = keys + s * j.k_token;
-    if (s + kAhead < S) {
+    if (s + kAhead < last) {
       for (int i = 0; i < D; i += 16) __builtin_prefetch(key + kAhead * j.k_token + i);
     }
     for (int i = 0; i < Dv; i += 16) __builtin_prefetch(values + s * j.v_token + i);
@@ -341,7 +363,7 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
     }
   }
   if (j.mask_kind != kNoMask) {
-    for (int s = 0; s < S; s++) {
+    for (int s = first; s < last; s++) {
       const int64_t at = b * j.mask_batch + s * j.mask_token;
       for (int g = 0; g < groups; g++) {
         float& score = scores[g * S + s];
@@ -353,25 +375,24 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
       }
     }
   }
-  const float minus_infinity = -std::numeric_limits<float>::infinity();
   for (int g = 0; g < groups; g++) {
     const int h = first_head + g;
     float* row = scores + g * S;
-    float top = row_max(row, S);
+    float top = row_max(row + first, last - first);
     if (j.sinks) top = j.sinks[h] > top ? j.sinks[h] : top;
     // Masked scores (-inf) weigh exactly zero, also when the whole row is masked (top = -inf).
     float total = 0.0f;
-    int s = 0;
+    int s = first;
     const v16f zero = {};
     v16f totals = zero;
-    for (; s + 16 <= S; s += 16) {
+    for (; s + 16 <= last; s += 16) {
       const v16f x = load16(row + s);
       const v16f e = x == minus_infinity ? zero : exp16(x - top);
       store16(row + s, e);
       totals += e;
     }
     total = hsum16(totals);
-    for (; s < S; s++) {
+    for (; s < last; s++) {
       const float e = row[s] == minus_infinity ? 0.0f : exp_poly(row[s] - top);
       row[s] = e;
       total += e;
@@ -383,7 +404,7 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
     int i = 0;
     for (; i + 64 <= Dv; i += 64) {
       v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int t = 0; t < S; t++) {
+      for (int t = first; t < last; t++) {
         const float w = row[t];
         const float* value = values + t * j.v_token + i;
         a0 += w * load16(value);
@@ -398,12 +419,12 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
     }
     for (; i + 16 <= Dv; i += 16) {
       v16f a = {};
-      for (int t = 0; t < S; t++) a += row[t] * load16(values + t * j.v_token + i);
+      for (int t = first; t < last; t++) a += row[t] * load16(values + t * j.v_token + i);
       store16(out + i, a * inverse);
     }
     for (; i < Dv; i++) {
       float a = 0.0f;
-      for (int t = 0; t < S; t++) a += row[t] * values[t * j.v_token + i];
+      for (int t = first; t < last; t++) a += row[t] * values[t * j.v_token + i];
       out[i] = a * inverse;
     }
   }
