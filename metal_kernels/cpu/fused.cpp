@@ -343,12 +343,8 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
   const float* queries = j.q + b * j.q_batch;
   const int first_head = kv_head * groups;
   const float minus_infinity = -std::numeric_limits<float>::infinity();
-  int first, last;
+  int first, last;  // columns outside [first, last) weigh exactly zero: nothing below touches them
   visible_span(j, b, first, last);
-  for (int g = 0; g < groups; g++) {  // columns outside the span weigh exactly zero
-    std::fill(scores + g * S, scores + g * S + first, minus_infinity);
-    std::fill(scores + g * S + last, scores + (g + 1) * S, minus_infinity);
-  }
   // Keys and values stream from memory once per step (a batch's cache is larger than the caches):
   // the loop over keys asks ahead for later keys, and for the values the weighted sums read later.
   constexpr int kAhead = 8;
