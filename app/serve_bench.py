@@ -275,6 +275,7 @@ def handle(args: argparse.Namespace) -> int:
                            f"({args.prompt_tokens})")
     if args.url and args.compare:
         raise OrchardError("--compare starts the servers itself: it does not go with --url")
+    url_base = api_base(args.url, "--url") if args.url else None  # a malformed URL fails before any loading
 
     from mlxmodels.resolve import resolve
     from mlxmodels.tokenizer import load_tokenizer
@@ -298,8 +299,7 @@ def handle(args: argparse.Namespace) -> int:
     for engine in engines:
         server = None
         if args.url:
-            base = api_base(args.url, "--url")
-            name = _served_name(base, args.api_key)
+            base, name = url_base, _served_name(url_base, args.api_key)
         elif engine == "orchard":
             _status(f"starting orchard serve on {model_dir.name} …")
             server, base, name = start_orchard(model_dir, max(levels), args.cpu_weights)
