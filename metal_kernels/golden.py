@@ -41,8 +41,8 @@ def _calls():
                 mk.quantized_decode_attention(q, packed, packed, 0.1, group_size=gs, bits=bits)
 
 
-def render() -> dict[str, str]:
-    """File name -> text: one file per kernel source, every instantiation's MSL in a stable order."""
+def captured_launches() -> list:
+    """Every kernel launch the public functions make on `_calls`' shapes (metal_kernels.kernels.Launch)."""
     from metal_kernels import kernels
 
     previous = os.environ.get("ORCHARD_KERNELS")
@@ -55,12 +55,20 @@ def render() -> dict[str, str]:
             os.environ.pop("ORCHARD_KERNELS")
         else:
             os.environ["ORCHARD_KERNELS"] = previous
+    return captured
+
+
+def render() -> dict[str, str]:
+    """File name -> text: one file per kernel source, every instantiation's MSL in a stable order."""
+    from metal_kernels import kernels
+
+    captured = captured_launches()
     files: dict[str, list[str]] = {}
-    for kernel, msl in captured:
-        stem = Path(kernel.source).stem + ("_quant_kv" if kernel is kernels.QUANT_ATTENTION else "")
+    for launch in captured:
+        stem = Path(launch.kernel.source).stem + ("_quant_kv" if launch.kernel is kernels.QUANT_ATTENTION else "")
         texts = files.setdefault(f"{stem}.metal", [])
-        if msl not in texts:
-            texts.append(msl)
+        if launch.msl not in texts:
+            texts.append(launch.msl)
     return {name: "".join(f"// ---- instantiation {i} ----\n{t}\n" for i, t in enumerate(texts))
             for name, texts in files.items()}
 

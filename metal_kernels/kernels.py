@@ -136,20 +136,29 @@ def launch(kernel: Kernel, inputs: list[mx.array], *, template: list, grid: tupl
 
         msl = msl_for(kernel, inputs, template, grid, threadgroup, output_shapes, output_dtypes)
         if _captured is not None:
-            _captured.append((kernel, msl))
+            _captured.append(Launch(kernel, inputs, call, msl))
             return [mx.zeros(tuple(s), dtype=d) for s, d in zip(output_shapes, output_dtypes)]
         return emulate.run(msl, inputs, output_shapes, output_dtypes, grid, threadgroup,
                            source_name=Path(kernel.source).name)
     raise ValueError(f"unknown kernel target {target!r}")
 
 
-_captured: list | None = None
+@dataclass(frozen=True)
+class Launch:
+    kernel: Kernel
+    inputs: list
+    call: dict  # template, grid, threadgroup, output_shapes, output_dtypes
+    msl: str  # the Metal source MLX generates for it
+
+
+_captured: list[Launch] | None = None
 
 
 @contextlib.contextmanager
 def capture():
-    """Within this block, emulated launches record (kernel, generated MSL) instead of running and
-    return zeros: how the golden MSL files are made from the exact calls the public functions make."""
+    """Within this block, emulated launches record a `Launch` instead of running and return zeros:
+    how the golden MSL files (metal_kernels.golden) and the CUDA compile check
+    (metal_kernels.cuda_check) see the exact calls the public functions make."""
     global _captured
     previous, _captured = _captured, []
     try:

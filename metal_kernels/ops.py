@@ -24,15 +24,18 @@ DPL = 4  # head-dim elements per lane: head dims up to 128
 DEFAULT_CHUNK = 512  # keys per flash-decoding split
 
 
-def _target(custom_by_default: bool) -> str | None:
-    """'metal', 'cuda' or 'emulate' when the custom kernel should run, None for the built-in path."""
+def _target(auto_custom_on: tuple[str, ...] = ()) -> str | None:
+    """'metal', 'cuda' or 'emulate' when the custom kernel should run, None for the built-in path.
+    `auto_custom_on`: the GPU backends where ORCHARD_KERNELS=auto picks the custom kernel (where
+    timings show it winning, or none exist yet against a built-in path that does more work)."""
     mode = kernel_mode()
     if mode == "emulate":
         return "emulate"
-    if mode == "builtin" or backend_name() == "cpu":
+    backend = backend_name()
+    if mode == "builtin" or backend == "cpu":
         return None
-    if mode == "custom" or custom_by_default:
-        return backend_name()
+    if mode == "custom" or backend in auto_custom_on:
+        return backend
     return None
 
 
@@ -63,7 +66,7 @@ def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.arra
     K, N = x.shape[-1], w.shape[0]
     _check_quantized("quantized_matmul", K, w, scales, group_size, bits)
     M = math.prod(x.shape[:-1])
-    target = _target(custom_by_default=False)  # no GPU timing yet shows it beating MLX's qmv
+    target = _target()  # MLX's qmv is faster on CUDA (docs/gpu.md); Metal not timed yet
     if target is None or M > MAX_M or M == 0:
         return mx.quantized_matmul(x, w, scales, biases, transpose=True, group_size=group_size, bits=bits)
     x2 = x.reshape(M, K)
@@ -85,7 +88,7 @@ def quantized_swiglu(x: mx.array, wg: mx.array, sg: mx.array, bg: mx.array, wu: 
     _check_quantized("quantized_swiglu", K, wg, sg, group_size, bits)
     _check_quantized("quantized_swiglu", K, wu, su, group_size, bits)
     M = math.prod(x.shape[:-1])
-    target = _target(custom_by_default=False)
+    target = _target()  # MLX's path wins on CUDA but for one row (docs/gpu.md); Metal not timed yet
     if target is None or M > MAX_M or M == 0:
         gate = mx.quantized_matmul(x, wg, sg, bg, transpose=True, group_size=group_size, bits=bits)
         up = mx.quantized_matmul(x, wu, su, bu, transpose=True, group_size=group_size, bits=bits)
@@ -147,7 +150,7 @@ def decode_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, window
     _check_window(window)
     B, Hq, Lq, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    target = _target(custom_by_default=False)  # float caches: MLX's fused SDPA until GPU timings say otherwise
+    target = _target()  # float caches: MLX's fused SDPA is faster on CUDA (docs/gpu.md)
     if target is None or not _attention_supported(q, Hkv, D):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=attention_mask(Lq, S, window))
     return _run_attention(kernels.ATTENTION, q, [k.astype(q.dtype), v.astype(q.dtype)], S, Hkv, scale, window,
@@ -166,7 +169,9 @@ def quantized_decode_attention(q: mx.array, k: tuple, v: tuple, scale: float, gr
     Hkv, S = kq.shape[1], kq.shape[2]
     if bits not in (4, 8) or group_size not in (32, 64, 128) or D % group_size:
         raise ValueError(f"quantized_decode_attention: head dim {D} with {bits}-bit groups of {group_size} is not supported")
-    target = _target(custom_by_default=True)  # nothing built in reads a quantized cache directly
+    # Nothing built in reads a quantized cache directly, yet on CUDA dequantize + SDPA is as fast or
+    # faster (docs/gpu.md); Metal, untimed, keeps the kernel that reads the packed cache.
+    target = _target(auto_custom_on=("metal",))
     if target is None or not _attention_supported(q, Hkv, D):
         kf = mx.dequantize(kq, ks, kb, group_size=group_size, bits=bits).astype(q.dtype)
         vf = mx.dequantize(vq, vs, vb, group_size=group_size, bits=bits).astype(q.dtype)

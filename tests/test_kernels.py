@@ -287,3 +287,38 @@ def test_random_shapes_sweep(monkeypatch):
         ref = _builtin(monkeypatch, mk.decode_attention, q, k, v, 0.1, window=window)
         err = mx.abs(out - ref).max().item()
         assert err <= _attention_bound(q, k, v, 0.1), (Hkv, G, Lq, D, S, window, err)
+
+
+def test_timing_harness_runs_each_path_and_measures_their_difference():
+    """metal_kernels.timing (the GPU timing tool) times and compares the custom path against the
+    built-in one: here the emulated kernel, which must agree; and a call that answers differently
+    per mode, which the reported difference must show (so the harness really switches modes)."""
+    from metal_kernels import timing
+
+    emulated = timing.run_case(timing.matvec_case(2, 33, 96, 4, 32, mx.float32), custom_mode="emulate",
+                               calls=2, trials=1)
+    assert emulated.builtin_us > 0 and emulated.custom_us > 0
+    assert emulated.max_rel_diff < 1e-5
+
+    def mode_dependent(x):
+        return x + (1.0 if mk.kernel_mode() == "emulate" else 0.0)
+
+    case = timing.Case("mode dependent", lambda seed: (mx.ones((4,)) * 3,), mode_dependent)
+    assert timing.run_case(case, custom_mode="emulate", calls=1, trials=1).max_rel_diff == pytest.approx(1 / 3)
+    assert "| mode dependent |" in timing.format_table([timing.run_case(case, "emulate", 1, 1)])
+    if mk.backend_name() == "cpu":
+        assert timing.main([]) == 2  # the tool says it needs a GPU backend
+
+
+def test_auto_mode_runs_the_custom_kernels_only_where_timings_chose_them(monkeypatch):
+    from metal_kernels import ops
+
+    monkeypatch.setenv("ORCHARD_KERNELS", "auto")
+    monkeypatch.setattr(ops, "backend_name", lambda: "cuda")  # built-ins won every H200 timing
+    assert ops._target() is None and ops._target(auto_custom_on=("metal",)) is None
+    monkeypatch.setattr(ops, "backend_name", lambda: "metal")  # quantized-cache attention only
+    assert ops._target() is None and ops._target(auto_custom_on=("metal",)) == "metal"
+    monkeypatch.setenv("ORCHARD_KERNELS", "custom")
+    assert ops._target() == "metal"
+    monkeypatch.setattr(ops, "backend_name", lambda: "cpu")
+    assert ops._target(auto_custom_on=("metal",)) is None
