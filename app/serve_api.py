@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.serve_engine import RequestError, ServeEngine
@@ -31,6 +32,37 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     return JSONResponse(error_body(message, kind, param, code), status_code=status, headers=headers)
 
 
+class _Guard:
+    """Refuses a request before its route runs: a bad or too large Content-Length, a missing or
+    wrong API key on /v1/. A plain ASGI middleware: FastAPI's `@app.middleware("http")` would pass
+    every streamed chunk through its own task and memory stream, per token and per client (the
+    event loop's time per chunk, docs/performance.md "Serving", run 6)."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+
+    def refusal(self, headers: Headers, path: str) -> JSONResponse | None:
+        declared = headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            return error_response(400, f"invalid Content-Length header: {declared!r}")
+        if declared is not None and int(declared) > self.max_body_bytes:
+            return error_response(413, f"the request body is larger than {self.max_body_bytes} bytes")
+        if self.api_key is not None and path.startswith("/v1/"):
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                return error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
+                                      code="invalid_api_key")
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            refused = self.refusal(Headers(scope=scope), scope["path"])
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(engine: ServeEngine, api_key: str | None = None, max_body_bytes: int = 2 << 20,
                on_shutdown: Callable[[], None] | None = None) -> FastAPI:
     app = FastAPI(title="Orchard", docs_url=None, redoc_url=None, openapi_url=None)
@@ -39,19 +71,7 @@ def create_app(engine: ServeEngine, api_key: str | None = None, max_body_bytes: 
 
     # -- limits, authentication, errors -------------------------------------------------------------
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and not declared.isdigit():
-            return error_response(400, f"invalid Content-Length header: {declared!r}")
-        if declared is not None and int(declared) > max_body_bytes:
-            return error_response(413, f"the request body is larger than {max_body_bytes} bytes")
-        if api_key is not None and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
-                                      code="invalid_api_key")
-        return await call_next(request)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -99,12 +99,13 @@ def activation_bound(x: np.ndarray, packed, scales, group_size, bits) -> np.ndar
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("group_size", GROUPS)
 def test_exact_on_int16_representable_activations(variant, bits, group_size):
-    """Every bit width, group size and row count 1..8, on sizes that are not multiples of the
-    vector width: N odd, K an odd number of 32-blocks (the AVX-512 pair loop's tail)."""
+    """Every bit width, group size and row count 1..8 (and 13, 17: several tiles of rows, the last
+    one partial), on sizes that are not multiples of the vector width: N odd, K an odd number of
+    32-blocks (the AVX-512 pair loop's tail)."""
     rng = np.random.default_rng(bits * 1000 + group_size)
     for n, k in ((37, 3 * group_size), (1, group_size), (130, 5 * group_size)):
         packed, scales, biases = quantized_weight(rng, n, k, group_size, bits)
-        for m in range(1, 9):
+        for m in (*range(1, 9), 13, 17):
             x = exact_activations(rng, m, k)
             got = np.array(native.quantized_matmul(mx.array(x), packed, scales, biases, True, group_size, bits))
             expected = np.array(mx.array(x) @ mx.dequantize(packed, scales, biases, group_size=group_size,

@@ -144,7 +144,8 @@ ActLayout act_layout(int M, int K, int group_size) {
   a.xsum = offset;
   offset = align_up(offset + sizeof(float) * M * a.groups);
   a.xf = offset;
-  offset = align_up(offset + sizeof(float) * M * K);
+  const size_t tiles = (M + kFloatTileRows - 1) / kFloatTileRows;
+  offset = align_up(offset + sizeof(float) * tiles * kFloatTileRows * K);
   a.bytes = offset;
   return a;
 }

@@ -22,6 +22,7 @@
 namespace orchard_qmm {
 
 constexpr int kBlock = 32;  // activation quantization block (inputs)
+constexpr int kFloatTileRows = 8;  // rows of x one float-path tile multiplies (AVX-512)
 
 enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
 
@@ -49,7 +50,8 @@ struct ActLayout {
                         // weight loop reads them (qmm_impl.h)
   size_t dx;            // float [M][blocks]: the block's step
   size_t xsum;          // float [M][groups]: exact sum of x over the group (integer path)
-  size_t xf;            // float [M][K]: x itself, in the order a variant's float path reads it (qmm_impl.h)
+  size_t xf;            // float [M / 8 rounded up][blocks][8][32]: x itself, one tile's eight rows
+                        // side by side per block, in the order the float path reads it (qmm_impl.h)
   size_t bytes;         // total
 };
 

@@ -269,14 +269,22 @@ inline int16_t* act_position(int16_t* row, int block, int half, int part) {
 // the two outputs, and x stays exact. It measured faster than the integer path from one row on
 // (docs/performance.md, "Third pass"), so those variants have no integer path.
 #if defined(ORCHARD_QMM_AVX512)
+// Where row m's block b of x starts in the float path's layout: a tile's rows side by side per
+// block, so the weight loop reaches all of them from one pointer at fixed offsets (separate row
+// pointers ran out of registers and slowed the loop: docs/performance.md, "Serving", run 6).
+inline size_t float_x_offset(const ActLayout& a, int m, int b) {
+  const size_t tile = m / kFloatTileRows;
+  return ((tile * a.blocks + b) * kFloatTileRows + m % kFloatTileRows) * kBlock;
+}
+
 // The float path's x: per block of 32, for 4 bits the inputs of the low nibbles (0, 2, ..., 30) then
 // of the high nibbles (1, 3, ..., 31), as the codes unpack; for other widths in order.
 void prepare_impl(const Problem& p, const ActLayout& a, uint8_t* act) {
   const int K = p.K;
+  float* xf = reinterpret_cast<float*>(act + a.xf);
   for (int m = 0; m < p.M; m++) {
-    float* xf = reinterpret_cast<float*>(act + a.xf) + static_cast<size_t>(m) * K;
     for (int b = 0; b < a.blocks; b++) {
-      float* out = xf + static_cast<size_t>(b) * kBlock;
+      float* out = xf + float_x_offset(a, m, b);
       const size_t offset = static_cast<size_t>(m) * K + static_cast<size_t>(b) * kBlock;
       if (p.bits == 4) {
         alignas(64) float v[kBlock];
@@ -354,7 +362,7 @@ inline void prefetch_rows(const Problem& p, int n, int count) {
 }
 
 #if defined(ORCHARD_QMM_AVX512)
-constexpr int kMaxTile = 8;
+constexpr int kMaxTile = kFloatTileRows;
 
 // A block's 32 codes as two float vectors, in the order prepare_impl lays x out (4 bits: looked up
 // in float_tile instead).
@@ -400,42 +408,44 @@ inline __m512 sum_lanes16(const __m512* a) {
 template <int BITS, int MT, int NT>
 inline void float_tile(const Problem& p, const ActLayout& a, const uint8_t* act, const uint8_t* const* rows,
                        const float* const* scales, const float* const* biases, int m0, float (*y)[2]) {
-  const float* xf[MT];
-  for (int m = 0; m < MT; m++) xf[m] = reinterpret_cast<const float*>(act + a.xf) + static_cast<size_t>(m0 + m) * p.K;
+  static_assert(MT <= kFloatTileRows, "a tile's rows share one block of the x layout");
+  const float* xf = reinterpret_cast<const float*>(act + a.xf) + float_x_offset(a, m0, 0);  // m0: a tile's first row
   __m512 acc[MT][NT];
   for (int m = 0; m < MT; m++) {
     for (int t = 0; t < NT; t++) acc[m][t] = _mm512_setzero_ps();
   }
-  const int blocks_per_group = p.group_size / kBlock;
+  const int group_shift = __builtin_ctz(p.group_size / kBlock);  // group sizes are powers of two
   const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int g = 0, b = 0; g < a.groups; g++) {
-    // 4 bits: `table` holds the group's sixteen weight values, scale * code + bias, looked up by
-    // code (one permute) where converting and scaling each code would take three instructions.
-    __m512 scale[NT], bias[NT], table[NT];
+  // One flat loop over blocks, each recomputing its group's table (two instructions per output):
+  // a loop per group around a loop per block left the compiler juggling its counters through the
+  // stack and ran slower (docs/performance.md, "Serving", run 6).
+  for (int b = 0; b < a.blocks; b++) {
+    const int g = b >> group_shift;
+    __m512 first[NT], second[NT];
     for (int t = 0; t < NT; t++) {
-      scale[t] = _mm512_set1_ps(scales[t][g]);
-      bias[t] = _mm512_set1_ps(biases[t][g]);
-      if constexpr (BITS == 4) table[t] = _mm512_fmadd_ps(codes, scale[t], bias[t]);
-    }
-    for (int j = 0; j < blocks_per_group; j++, b++) {
-      __m512 first[NT], second[NT];
-      for (int t = 0; t < NT; t++) {
-        if constexpr (BITS == 4) {
-          const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[t] + 16 * b)));
-          first[t] = _mm512_permutexvar_ps(bytes, table[t]);  // the index is each lane's low 4 bits
-          second[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table[t]);
-        } else {
-          float_codes<BITS>(rows[t], b, p.w_end, first[t], second[t]);
-          first[t] = _mm512_fmadd_ps(first[t], scale[t], bias[t]);
-          second[t] = _mm512_fmadd_ps(second[t], scale[t], bias[t]);
-        }
+      const __m512 scale = _mm512_set1_ps(scales[t][g]), bias = _mm512_set1_ps(biases[t][g]);
+      if constexpr (BITS == 4) {
+        // The group's sixteen weight values, scale * code + bias, looked up by code (one permute)
+        // where converting and scaling each code would take three instructions.
+        const __m512 table = _mm512_fmadd_ps(codes, scale, bias);
+        const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[t] + 16 * b)));
+        first[t] = _mm512_permutexvar_ps(bytes, table);  // the index is each lane's low 4 bits
+        second[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
+      } else {
+        float_codes<BITS>(rows[t], b, p.w_end, first[t], second[t]);
+        first[t] = _mm512_fmadd_ps(first[t], scale, bias);
+        second[t] = _mm512_fmadd_ps(second[t], scale, bias);
       }
-      for (int m = 0; m < MT; m++) {
-        const __m512 x0 = _mm512_loadu_ps(xf[m] + kBlock * b), x1 = _mm512_loadu_ps(xf[m] + kBlock * b + 16);
-        for (int t = 0; t < NT; t++) {
-          acc[m][t] = _mm512_fmadd_ps(first[t], x0, acc[m][t]);
-          acc[m][t] = _mm512_fmadd_ps(second[t], x1, acc[m][t]);
-        }
+    }
+    for (int m = 0; m < MT; m++) {
+      const float* x = xf + (static_cast<size_t>(b) * kFloatTileRows + m) * kBlock;
+      __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+      // Held in registers: left alone, the compiler folds each load into both outputs' FMAs, twice
+      // the loads, and the load ports then bound the loop (docs/performance.md, "Serving", run 6).
+      __asm__("" : "+v"(x0), "+v"(x1));
+      for (int t = 0; t < NT; t++) {
+        acc[m][t] = _mm512_fmadd_ps(first[t], x0, acc[m][t]);
+        acc[m][t] = _mm512_fmadd_ps(second[t], x1, acc[m][t]);
       }
     }
   }
