@@ -8,8 +8,9 @@ launches captured; each is wrapped the way MLX's `cuda_kernel` wraps a body (its
 `CUDA_PRELUDE` + the kernel's headers, a `__global__` signature from the input and output dtypes,
 template arguments as `constexpr`/`using` lines) and compiled with the options MLX passes to NVRTC.
 MLX's own device header is replaced by a stub giving what the bodies use (the half types), since
-it ships inside libmlx.so. A session without a GPU can thus see that an edited body still compiles
-as CUDA; only a GPU run (docs/gpu.md) shows it computes the right thing.
+it ships inside libmlx.so. A machine without a GPU can thus see that an edited body still compiles
+as CUDA (tests/test_kernels_cuda_compile.py does, on a representative third); only a GPU run
+(docs/gpu.md) shows it computes the right thing.
 """
 
 from __future__ import annotations
@@ -88,24 +89,44 @@ class Nvrtc:
             self.lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
+def available() -> bool:
+    """Whether NVRTC and the CUDA headers are installed (the test extra installs them on x86-64 Linux)."""
+    try:
+        _cuda_root()
+    except SystemExit:
+        return False
+    return True
+
+
+def unique_launches(representative: bool = False) -> list:
+    """The golden shapes' launches, one per distinct CUDA source; `representative`: one per kernel
+    source, dtype and bit width (the code paths `if constexpr` chooses), group sizes and activations
+    aside, about a third of them."""
+    from metal_kernels import golden
+
+    chosen = {}
+    for launch in golden.captured_launches():
+        template = dict(launch.call["template"])
+        key = ((launch.kernel, str(template["T"]), template.get("BITS")) if representative
+               else cuda_source(launch))
+        chosen.setdefault(key, launch)
+    return list(chosen.values())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metal_kernels.cuda_check", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="compute_90a", help="NVRTC --gpu-architecture (default: Hopper)")
     args = parser.parse_args(argv)
-    from metal_kernels import golden
-
     nvrtc = Nvrtc(_cuda_root())
-    sources = {}
-    for launch in golden.captured_launches():
-        sources.setdefault(cuda_source(launch), launch)
+    launches = unique_launches()
     failed = 0
-    for source, launch in sources.items():
-        ok, log = nvrtc.compile(source, launch.kernel.name, args.arch)
+    for launch in launches:
+        ok, log = nvrtc.compile(cuda_source(launch), launch.kernel.name, args.arch)
         template = ", ".join(f"{n}={v}" for n, v in launch.call["template"])
         if not ok or log:
             print(f"{'FAILED' if not ok else 'warning'}: {launch.kernel.source} [{template}]\n{log}")
         failed += not ok
-    print(f"{len(sources) - failed} of {len(sources)} CUDA instantiations compile for {args.arch}")
+    print(f"{len(launches) - failed} of {len(launches)} CUDA instantiations compile for {args.arch}")
     return 1 if failed else 0
 
 

@@ -4,8 +4,9 @@
 
 Runs on a GPU backend (Metal or CUDA), where `ORCHARD_KERNELS=custom` and `builtin` pick the two
 paths of every public function in `metal_kernels.ops`. Each case evaluates a batch of independent
-calls per `mx.eval` (distinct inputs, so nothing is shared), which amortizes the per-eval overhead
-the way a decode step's single graph does, and reports the best of several trials. Results feed the
+calls per `mx.eval` (each its own x or q; the weights or the cache alternate between two copies),
+which amortizes the per-eval overhead the way a decode step's single graph does, and reports the
+best of several trials. Results feed the
 `auto` choices in ops.py and the table in docs/gpu.md.
 """
 
