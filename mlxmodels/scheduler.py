@@ -313,18 +313,35 @@ class Scheduler:
         from mlxmodels.api import warm_up
 
         warm_up(self.model)
+        was_idle = True
         while True:
             with self._lock:
                 idle = not self._all_sequences() and self._in_flight is None
                 if idle and self._closing:
                     break
                 if idle:
+                    was_idle = True
                     self._lock.wait(timeout=1.0)
                     continue
+                if was_idle:
+                    was_idle = False
+                    self._gather_burst()
             try:
                 self.step()
             except Exception as e:  # a failing step must not take the server down
                 self._fail_everything(e)
+
+    def _gather_burst(self) -> None:
+        """After an idle spell, let requests that arrive together (clients started at once) finish
+        arriving, so that one batched prefill takes them all: wait while the inbox keeps growing,
+        BURST_QUIET seconds at a time, BURST_WAIT at most. Called with the lock held."""
+        deadline = time.monotonic() + self.BURST_WAIT
+        count = len(self._inbox)
+        while not self._closing and time.monotonic() < deadline:
+            self._lock.wait(timeout=self.BURST_QUIET)
+            if len(self._inbox) == count:
+                return
+            count = len(self._inbox)
 
     def step(self) -> None:
         """One iteration: retire, admit, a prefill chunk, one decode step, hand out tokens."""
@@ -442,6 +459,8 @@ class Scheduler:
             chunks = chunks[len(group):]
 
     IDLE_PREFILL_STEPS = 4  # prefill_step budgets per iteration while no row decodes
+    BURST_QUIET = 0.003  # seconds without a new request that end a burst's arrival...
+    BURST_WAIT = 0.03  # ...or at most this long after the first one (docs/serve.md)
 
     # A batched prefill pass computes every row up to the longest chunk: rows are added while the
     # padding stays at most this share of the tokens computed.

@@ -17,6 +17,8 @@ slots (nemotron_h), quantized KV (--kv-bits 8), soft-capping (gemma2) and attent
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import mlx.core as mx
 import pytest
@@ -193,6 +195,35 @@ def test_prompts_arriving_together_prefill_in_one_pass(name, lengths, passes):
                   [Request(p, MAX_TOKENS, GREEDY) for p in ids])
     assert [tokens_of(r) for r in results] == expected
     assert [shape for shape in counting.calls if shape[1] > 1] == passes
+
+
+def test_a_burst_of_requests_after_idle_is_prefilled_together():
+    """Requests that arrive a little apart after an idle spell (clients started at once, each request
+    parsed and tokenized in turn) are gathered into one batched prefill, not the first alone."""
+    model, tokenizer = mlxmodels.load(FIXTURES / "llama3-v5")
+    rng = random.Random(9)
+    ids = [[rng.randrange(4, 120) for _ in range(n)] for n in (12, 15, 13, 14)]
+    counting = Counting(model)
+    scheduler = Scheduler(counting, tokenizer, max_batch=4, prefill_step=256)
+    scheduler.BURST_QUIET, scheduler.BURST_WAIT = 0.2, 5.0  # generous: thread wake-ups on a busy machine
+    finished, done = [], threading.Event()
+
+    def on_output(output):
+        if output.finish_reason:
+            finished.append(output)
+            if len(finished) == len(ids):
+                done.set()
+
+    scheduler.start()
+    try:
+        for p in ids:
+            scheduler.submit(Request(p, 4, GREEDY), on_output)
+            time.sleep(0.02)
+        assert done.wait(60)
+    finally:
+        scheduler.stop(timeout=30)
+    # (the warm-up's own 2-token call aside) one pass over all four prompts, up to their last tokens
+    assert [shape for shape in counting.calls if shape[1] > 2] == [(4, 14)]
 
 
 def test_rows_have_their_own_sampling_stops_and_budgets():
