@@ -50,18 +50,25 @@ def cuda_source(launch) -> str:
             + "\n".join(constants) + "\n\n" + kernel.body + "\n}\n\n} // namespace mlx::core::cu\n")
 
 
-def _cuda_root() -> Path:
+WHEELS = "'nvidia-cuda-nvrtc==13.*' 'nvidia-cuda-runtime==13.*' 'nvidia-cuda-crt==13.*' 'nvidia-cuda-cccl==13.*'"
+
+
+def cuda_root() -> Path | None:
+    """The installed wheels' nvidia/cu13 folder (NVRTC and CUDA's headers), or None."""
     try:
         import nvidia
     except ImportError:
-        raise SystemExit("metal_kernels.cuda_check: NVRTC not found; pip install "
-                         "'nvidia-cuda-nvrtc==13.*' 'nvidia-cuda-runtime==13.*' 'nvidia-cuda-crt==13.*' "
-                         "'nvidia-cuda-cccl==13.*'")
+        return None
     for base in nvidia.__path__:
         root = Path(base) / "cu13"
         if (root / "lib" / "libnvrtc.so.13").is_file() and (root / "include" / "cuda_fp16.h").is_file():
             return root
-    raise SystemExit("metal_kernels.cuda_check: nvidia/cu13 lacks libnvrtc.so.13 or the runtime headers")
+    return None
+
+
+def available() -> bool:
+    """Whether NVRTC and the CUDA headers are installed (the test extra installs them on x86-64 Linux)."""
+    return cuda_root() is not None
 
 
 class Nvrtc:
@@ -89,15 +96,6 @@ class Nvrtc:
             self.lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
-def available() -> bool:
-    """Whether NVRTC and the CUDA headers are installed (the test extra installs them on x86-64 Linux)."""
-    try:
-        _cuda_root()
-    except SystemExit:
-        return False
-    return True
-
-
 def unique_launches(representative: bool = False) -> list:
     """The golden shapes' launches, one per distinct CUDA source; `representative`: one per kernel
     source, dtype and bit width (the code paths `if constexpr` chooses), group sizes and activations
@@ -117,7 +115,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metal_kernels.cuda_check", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="compute_90a", help="NVRTC --gpu-architecture (default: Hopper)")
     args = parser.parse_args(argv)
-    nvrtc = Nvrtc(_cuda_root())
+    root = cuda_root()
+    if root is None:
+        print(f"metal_kernels.cuda_check: NVRTC and CUDA 13's headers are not installed; pip install {WHEELS}",
+              file=sys.stderr)
+        return 2
+    nvrtc = Nvrtc(root)
     launches = unique_launches()
     failed = 0
     for launch in launches:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not cuda_check.available(), reason="NVRTC wheels
 
 @pytest.fixture(scope="module")
 def nvrtc():
-    return cuda_check.Nvrtc(cuda_check._cuda_root())
+    return cuda_check.Nvrtc(cuda_check.cuda_root())
 
 
 @pytest.fixture(scope="module")
