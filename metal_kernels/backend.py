@@ -2,6 +2,7 @@
 
 The compute-dtype policy built on it is the engine's (`mlxmodels.loading.compute_dtype_for`)."""
 
+import contextlib
 import os
 from functools import lru_cache
 
@@ -50,3 +51,18 @@ def kernel_mode() -> str:
     if mode not in KERNEL_MODES:
         raise ValueError(f"ORCHARD_KERNELS={mode!r} is not one of {', '.join(KERNEL_MODES)}")
     return mode
+
+
+@contextlib.contextmanager
+def environment_set(name: str, value: str):
+    """Environment variable `name` set to `value` within the block, as it was (or unset) after it:
+    for the switches read on every call (ORCHARD_KERNELS, ORCHARD_CPU_MATH)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous

@@ -44,17 +44,10 @@ def _calls():
 def captured_launches() -> list:
     """Every kernel launch the public functions make on `_calls`' shapes (metal_kernels.kernels.Launch)."""
     from metal_kernels import kernels
+    from metal_kernels.backend import environment_set
 
-    previous = os.environ.get("ORCHARD_KERNELS")
-    os.environ["ORCHARD_KERNELS"] = "emulate"
-    try:
-        with kernels.capture() as captured:
-            _calls()
-    finally:
-        if previous is None:
-            os.environ.pop("ORCHARD_KERNELS")
-        else:
-            os.environ["ORCHARD_KERNELS"] = previous
+    with environment_set("ORCHARD_KERNELS", "emulate"), kernels.capture() as captured:
+        _calls()
     return captured
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ from typing import Callable
 import mlx.core as mx
 
 from metal_kernels import ops
-from metal_kernels.backend import backend_name
+from metal_kernels.backend import backend_name, environment_set
 
 DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
 
@@ -102,18 +101,6 @@ def default_cases(dtype) -> list[Case]:
     return cases
 
 
-def _with_mode(mode: str, fn):
-    previous = os.environ.get("ORCHARD_KERNELS")
-    os.environ["ORCHARD_KERNELS"] = mode
-    try:
-        return fn()
-    finally:
-        if previous is None:
-            os.environ.pop("ORCHARD_KERNELS", None)
-        else:
-            os.environ["ORCHARD_KERNELS"] = previous
-
-
 def _time(case: Case, inputs: list[tuple], trials: int) -> float:
     """Best per-call microseconds over `trials` evaluations of one call per input set."""
     mx.eval([case.call(*a) for a in inputs])  # warm-up: compiles the kernel, allocates
@@ -128,11 +115,13 @@ def _time(case: Case, inputs: list[tuple], trials: int) -> float:
 def run_case(case: Case, custom_mode: str = "custom", calls: int = 16, trials: int = 10) -> Result:
     inputs = [case.make_inputs(seed) for seed in range(calls)]
     mx.eval(inputs)
-    reference = _with_mode("builtin", lambda: case.call(*inputs[0]).astype(mx.float32))
-    candidate = _with_mode(custom_mode, lambda: case.call(*inputs[0]).astype(mx.float32))
+    with environment_set("ORCHARD_KERNELS", "builtin"):
+        reference = case.call(*inputs[0]).astype(mx.float32)
+        builtin = _time(case, inputs, trials)
+    with environment_set("ORCHARD_KERNELS", custom_mode):
+        candidate = case.call(*inputs[0]).astype(mx.float32)
+        custom = _time(case, inputs, trials)
     diff = (mx.abs(candidate - reference).max() / mx.maximum(mx.abs(reference).max(), 1e-30)).item()
-    builtin = _with_mode("builtin", lambda: _time(case, inputs, trials))
-    custom = _with_mode(custom_mode, lambda: _time(case, inputs, trials))
     return Result(case.name, builtin, custom, diff)
 
 
@@ -143,11 +132,17 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metal_kernels.timing", description=__doc__.split("\n")[0])
     parser.add_argument("--dtype", choices=DTYPES, default="float16")
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--calls", type=int, default=16, help="independent calls per evaluation")
+    parser.add_argument("--trials", type=_positive, default=10)
+    parser.add_argument("--calls", type=_positive, default=16, help="independent calls per evaluation")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     backend = backend_name()
@@ -164,9 +159,14 @@ def main(argv=None) -> int:
               f"{r.speedup:5.2f}x  diff {r.max_rel_diff:.1e}", flush=True)
     print(format_table(results))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"backend": backend, "mlx": mx.__version__, "dtype": args.dtype,
-                       "results": [asdict(r) | {"speedup": r.speedup} for r in results]}, f, indent=1)
+        doc = {"backend": backend, "mlx": mx.__version__, "dtype": args.dtype,
+               "results": [asdict(r) | {"speedup": r.speedup} for r in results]}
+        try:
+            with open(args.json, "w") as f:
+                json.dump(doc, f, indent=1)
+        except OSError as e:
+            print(f"metal_kernels.timing: cannot write --json {args.json}: {e.strerror}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -54,15 +52,8 @@ def edit_config(directory: Path, **changes) -> None:
     path.write_text(json.dumps(config))
 
 
-@contextmanager
 def cpu_math_mode(value: str):
     """ORCHARD_CPU_MATH set to `value` for the block (for fixtures that cannot use monkeypatch)."""
-    saved = os.environ.get("ORCHARD_CPU_MATH")
-    os.environ["ORCHARD_CPU_MATH"] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["ORCHARD_CPU_MATH"]
-        else:
-            os.environ["ORCHARD_CPU_MATH"] = saved
+    from metal_kernels.backend import environment_set
+
+    return environment_set("ORCHARD_CPU_MATH", value)
