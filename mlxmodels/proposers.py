@@ -19,6 +19,7 @@ import mlx.core as mx
 
 from mlxmodels.cache import cache_state
 from mlxmodels.errors import OrchardError
+from mlxmodels.layers.ops import argmax
 from mlxmodels.sampling import SamplingParams, filtered_logits
 from mlxmodels.speculative import NO_PROPOSAL, CacheRewind, Proposal, Proposer
 
@@ -42,7 +43,7 @@ class _Chooser:
 
     def __call__(self, logits: mx.array) -> tuple[mx.array, mx.array | None]:
         if self.greedy:
-            return mx.argmax(logits, axis=-1), None
+            return argmax(logits), None
         filtered = filtered_logits(logits, self.sampling)
         return mx.random.categorical(filtered, axis=-1), mx.softmax(filtered, axis=-1)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from mlxmodels.errors import OrchardError
+from mlxmodels.layers.ops import argmax
 
 
 @dataclass
@@ -40,7 +41,7 @@ class SamplingParams:
 
 def make_sampler(p: SamplingParams):
     if p.temperature == 0:
-        return lambda logits: mx.argmax(logits, axis=-1)
+        return argmax
 
     def sample(logits: mx.array) -> mx.array:
         return mx.random.categorical(filtered_logits(logits, p), axis=-1)
@@ -95,7 +96,7 @@ def sample_rows(logits: mx.array, rows: list[SamplingParams], keys: list) -> mx.
     with rows[i]'s settings (greedy rows take the argmax, as `make_sampler` does), its randomness from
     keys[i] (an `mx.random.key`: a seeded request draws the same whatever runs beside it) or, where
     that is None, from MLX's global generator. Rows with the same settings are filtered together."""
-    tokens = mx.argmax(logits, axis=-1)
+    tokens = argmax(logits)
     groups: dict = {}
     for i, p in enumerate(rows):
         if p.temperature > 0:
@@ -106,5 +107,5 @@ def sample_rows(logits: mx.array, rows: list[SamplingParams], keys: list) -> mx.
         noise = mx.stack([mx.random.gumbel((vocab,), key=keys[i]) if keys[i] is not None
                           else mx.random.gumbel((vocab,)) for i in members])
         index = mx.array(members, dtype=mx.int32)
-        tokens[index] = mx.argmax(filtered_logits(logits[index], p) + noise, axis=-1).astype(tokens.dtype)
+        tokens[index] = argmax(filtered_logits(logits[index], p) + noise).astype(tokens.dtype)
     return tokens

@@ -44,6 +44,7 @@ import mlx.core as mx
 from mlxmodels.cache import cache_offset, cache_state
 from mlxmodels.constrain import apply_token_mask
 from mlxmodels.errors import OrchardError
+from mlxmodels.layers.ops import argmax
 from mlxmodels.sampling import SamplingParams, filtered_logits, make_sampler
 
 
@@ -465,7 +466,7 @@ class _Run:
 def accept_greedy(logits: mx.array, guesses: list[int]) -> tuple[int, int]:
     """Greedy verification of one sequence's guesses: logits [n + 1, vocab] (processed and masked),
     the row before each guess and one after the last. (guesses kept, the target's token after them)."""
-    best = mx.argmax(logits, axis=-1).tolist()
+    best = argmax(logits).tolist()
     accepted = 0
     while accepted < len(guesses) and guesses[accepted] == best[accepted]:
         accepted += 1

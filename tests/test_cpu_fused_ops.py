@@ -106,9 +106,13 @@ def test_softmax_weights_stay_clear_of_denormals(ops):
     assert got[0, 0] == 1.0 and np.all(got[0, 1:] == 0.0)
 
 
-# Head sizes cover the kernel's 64-, 16- and 1-wide loops (72 = 64 + 8); lengths its 16-key blocks and tails.
+# Head sizes cover the kernel's 64-, 16- and 1-wide loops (72 = 64 + 8); lengths its 16-key blocks and
+# tails; query heads per KV head (1-8) its weighted sums for four heads at once and the 1-3 left over,
+# and 71 (Falcon-7B's multi-query attention) its passes of at most 64 heads.
 @pytest.mark.parametrize("B,H,H_kv,S,D", [(1, 9, 3, 37, 64), (3, 8, 8, 5, 32), (2, 12, 4, 300, 128),
-                                          (1, 4, 1, 1, 256), (2, 6, 2, 48, 72), (1, 2, 2, 17, 8)])
+                                          (1, 4, 1, 1, 256), (2, 6, 2, 48, 72), (1, 2, 2, 17, 8),
+                                          (2, 14, 2, 40, 64), (1, 8, 1, 33, 128), (1, 10, 2, 16, 64),
+                                          (1, 71, 1, 21, 64)])
 def test_decode_attention_matches_mlx(ops, B, H, H_kv, S, D):
     key = mx.random.key(B * 1000 + S)
     q = mx.random.normal((B, H, 1, D), key=key)
@@ -150,6 +154,23 @@ def test_decode_attention_skips_a_rows_padding(ops, additive):
         alone = mx.fast.scaled_dot_product_attention(q[b : b + 1], mx.array(k[b : b + 1, :, first:last]),
                                                      mx.array(v[b : b + 1, :, first:last]), scale=0.125)
         assert _max_diff(got[b : b + 1], alone) < TOL, (b, first, last)
+
+
+@pytest.mark.parametrize("shape", [(1, 49152), (8, 49152), (3, 5, 37), (2, 1), (16,)])
+def test_argmax_matches_mlx(ops, shape):
+    x = mx.random.normal(shape, key=mx.random.key(12))
+    assert np.array_equal(np.array(ops.argmax(x)), np.array(mx.argmax(x, axis=-1)))
+    assert ops.argmax(x).dtype == mx.uint32
+
+
+def test_argmax_breaks_ties_and_treats_nan_as_mlx_does(ops):
+    nan, inf = float("nan"), float("inf")
+    rows = [[1.0, 3.0, 3.0, 2.0], [-inf] * 4, [1.0, inf, 2.0, inf], [1.0, nan, 3.0, nan], [nan, 0.0, 5.0, 1.0]]
+    for row in rows:  # each as a row of its own and hidden in a long row (the 16-lane loop and the tail)
+        for x in (mx.array(row), mx.array([-inf] * 37 + row + [-inf] * 20)):
+            assert ops.argmax(x).item() == mx.argmax(x).item(), row
+    wide = mx.random.normal((40, 3), key=mx.random.key(13)).T  # strided along its last axis: copied first
+    assert np.array_equal(np.array(ops.argmax(wide)), np.array(mx.argmax(wide, axis=-1)))
 
 
 def test_bad_shapes_are_named(ops):

@@ -37,6 +37,8 @@ NB_MODULE(_qmm, m) {
         "softmax over the last axis; key_offset >= 0: causal [..., L, S] scores, row l seeing keys <= l + key_offset.");
   m.def("gated_activation", &orchard_qmm::gated_activation, "gate"_a, "up"_a, "activation"_a, nb::kw_only(),
         "stream"_a = nb::none(), "act(gate) * up; activation 0: silu, 1: tanh-approximated gelu.");
+  m.def("argmax", &orchard_qmm::argmax, "x"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "The index of each row's largest value over the last axis (uint32), like mx.argmax(x, axis=-1).");
   m.def("variants", &orchard_qmm::variant_names, "The instruction-set variants this CPU runs, best first.");
   m.def("variant", &orchard_qmm::variant_name, "The variant in use.");
   m.def("set_variant", &orchard_qmm::set_variant, "name"_a, "Use another supported variant (for tests).");

@@ -332,11 +332,78 @@ inline void visible_span(const AttentionJob& j, int b, int& first, int& last) {
   while (last > first && !visible(last - 1)) last--;
 }
 
+// Sixteen vectors' sums as one vector (lane i: the sum of a[i]'s lanes): four rounds of pairwise
+// folds, each halving the lanes a vector spends on one sum, in 15 additions and 30 two-source
+// shuffles where sixteen separate reductions take ~8 dependent instructions each. The inputs go in
+// bit-reversed order so that the sums come out in order.
+inline __attribute__((always_inline)) v16f sum_lanes16(const v16f* a) {
+  auto halves = [](v16f l, v16f r) {
+    return __builtin_shufflevector(l, r, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(l, r, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  };
+  auto quarters = [](v16f l, v16f r) {
+    return __builtin_shufflevector(l, r, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+           __builtin_shufflevector(l, r, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  };
+  auto pairs = [](v16f l, v16f r) {
+    return __builtin_shufflevector(l, r, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+           __builtin_shufflevector(l, r, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  };
+  auto singles = [](v16f l, v16f r) {
+    return __builtin_shufflevector(l, r, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+           __builtin_shufflevector(l, r, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  };
+  constexpr int reversed[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+  v16f x[8], y[4], z[2];
+  for (int i = 0; i < 8; i++) x[i] = halves(a[reversed[2 * i]], a[reversed[2 * i + 1]]);
+  for (int i = 0; i < 4; i++) y[i] = quarters(x[2 * i], x[2 * i + 1]);
+  for (int i = 0; i < 2; i++) z[i] = pairs(y[2 * i], y[2 * i + 1]);
+  return singles(z[0], z[1]);
+}
+
+// scores[s] = scale * q . key s for sixteen keys from `keys` (D a multiple of 16): one accumulator
+// per key, folded together at the end.
+inline __attribute__((always_inline)) void score16(const float* q, const float* keys, int64_t k_token, int D,
+                                                   float scale, float* scores) {
+  v16f acc[16] = {};
+  for (int i = 0; i < D; i += 16) {
+    const v16f qi = load16(q + i);
+    for (int t = 0; t < 16; t++) acc[t] += qi * load16(keys + t * k_token + i);
+  }
+  store16(scores, sum_lanes16(acc) * scale);
+}
+
+// out[g][i, i + 64) = inverse[g] * sum over t of weights[g][t] * values[t][i, i + 64), for G query
+// heads at once: each value vector is loaded once for all G, and the 4 G accumulators are
+// independent chains (one head's four would wait on the FMA latency).
+template <int G>
+inline __attribute__((always_inline)) void weigh64(const float* const* weights, const float* values,
+                                                   int64_t v_token, int first, int last, int i,
+                                                   const float* inverse, float* const* out) {
+  v16f acc[G][4] = {};
+  for (int t = first; t < last; t++) {
+    const float* value = values + t * v_token + i;
+    const v16f v0 = load16(value), v1 = load16(value + 16), v2 = load16(value + 32), v3 = load16(value + 48);
+    for (int g = 0; g < G; g++) {
+      const float w = weights[g][t];
+      acc[g][0] += w * v0;
+      acc[g][1] += w * v1;
+      acc[g][2] += w * v2;
+      acc[g][3] += w * v3;
+    }
+  }
+  for (int g = 0; g < G; g++) {
+    for (int c = 0; c < 4; c++) store16(out[g] + i + 16 * c, acc[g][c] * inverse[g]);
+  }
+}
+
 // One KV head of one batch row: its `groups` query heads read each visible key once.
 ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
   const int groups = j.H / j.kv_heads, S = j.S, D = j.D, Dv = j.Dv;
   thread_local std::vector<float> scratch;
-  if (scratch.size() < static_cast<size_t>(groups) * S) scratch.resize(static_cast<size_t>(groups) * S);
+  // Each head's scores, padded to whole blocks of sixteen keys.
+  const int stride = (S + 15) / 16 * 16;
+  if (scratch.size() < static_cast<size_t>(groups) * stride) scratch.resize(static_cast<size_t>(groups) * stride);
   float* scores = scratch.data();
   const float* keys = j.k + b * j.k_batch + kv_head * j.k_head;
   const float* values = j.v + b * j.v_batch + kv_head * j.v_head;
@@ -346,23 +413,33 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
   int first, last;  // columns outside [first, last) weigh exactly zero: nothing below touches them
   visible_span(j, b, first, last);
   // Keys and values stream from memory once per step (a batch's cache is larger than the caches):
-  // the loop over keys asks ahead for later keys, and for the values the weighted sums read later.
-  constexpr int kAhead = 8;
-  for (int s = first; s < last; s++) {
-    const float* key = keys + s * j.k_token;
-    if (s + kAhead < last) {
-      for (int i = 0; i < D; i += 16) __builtin_prefetch(key + kAhead * j.k_token + i);
+  // each block of keys asks ahead for the next block's keys, and for its own values, which the
+  // weighted sums read later.
+  int s = first;
+  if (D % 16 == 0) {
+    for (; s + 16 <= last; s += 16) {
+      const float* block = keys + s * j.k_token;
+      for (int t = 0; t < 16; t++) {
+        if (s + 16 + t < last) {
+          for (int i = 0; i < D; i += 16) __builtin_prefetch(block + (16 + t) * j.k_token + i);
+        }
+        for (int i = 0; i < Dv; i += 16) __builtin_prefetch(values + (s + t) * j.v_token + i);
+      }
+      for (int g = 0; g < groups; g++) {
+        score16(queries + (first_head + g) * j.q_head, block, j.k_token, D, j.scale, scores + g * stride + s);
+      }
     }
-    for (int i = 0; i < Dv; i += 16) __builtin_prefetch(values + s * j.v_token + i);
+  }
+  for (; s < last; s++) {
     for (int g = 0; g < groups; g++) {
-      scores[g * S + s] = dot_row(queries + (first_head + g) * j.q_head, key, D) * j.scale;
+      scores[g * stride + s] = dot_row(queries + (first_head + g) * j.q_head, keys + s * j.k_token, D) * j.scale;
     }
   }
   if (j.mask_kind != kNoMask) {
-    for (int s = first; s < last; s++) {
+    for (s = first; s < last; s++) {
       const int64_t at = b * j.mask_batch + s * j.mask_token;
       for (int g = 0; g < groups; g++) {
-        float& score = scores[g * S + s];
+        float& score = scores[g * stride + s];
         if (j.mask_kind == kBoolMask) {
           if (!static_cast<const bool*>(j.mask)[at]) score = -std::numeric_limits<float>::infinity();
         } else {
@@ -371,57 +448,65 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
       }
     }
   }
-  for (int g = 0; g < groups; g++) {
-    const int h = first_head + g;
-    float* row = scores + g * S;
-    float top = row_max(row + first, last - first);
-    if (j.sinks) top = j.sinks[h] > top ? j.sinks[h] : top;
-    // Masked scores (-inf) weigh exactly zero, also when the whole row is masked (top = -inf).
-    float total = 0.0f;
-    int s = first;
-    const v16f zero = {};
-    v16f totals = zero;
-    for (; s + 16 <= last; s += 16) {
-      const v16f x = load16(row + s);
-      const v16f e = x == minus_infinity ? zero : exp16(x - top);
-      store16(row + s, e);
-      totals += e;
+  constexpr int kMaxGroups = 64;  // heads per KV head handled in one pass (more: several passes)
+  float inverse[kMaxGroups];
+  const float* weights[kMaxGroups];
+  float* outs[kMaxGroups];
+  for (int g0 = 0; g0 < groups; g0 += kMaxGroups) {
+    const int count = std::min(kMaxGroups, groups - g0);
+    for (int g = 0; g < count; g++) {
+      const int h = first_head + g0 + g;
+      float* row = scores + (g0 + g) * stride;
+      float top = row_max(row + first, last - first);
+      if (j.sinks) top = j.sinks[h] > top ? j.sinks[h] : top;
+      // Masked scores (-inf) weigh exactly zero, also when the whole row is masked (top = -inf).
+      float total = 0.0f;
+      int t = first;
+      const v16f zero = {};
+      v16f totals = zero;
+      for (; t + 16 <= last; t += 16) {
+        const v16f x = load16(row + t);
+        const v16f e = x == minus_infinity ? zero : exp16(x - top);
+        store16(row + t, e);
+        totals += e;
+      }
+      total = hsum16(totals);
+      for (; t < last; t++) {
+        const float e = row[t] == minus_infinity ? 0.0f : exp_poly(row[t] - top);
+        row[t] = e;
+        total += e;
+      }
+      if (j.sinks) total += exp_poly(j.sinks[h] - top);
+      // Weighted values, normalised once at the end.
+      inverse[g] = 1.0f / total;
+      weights[g] = row;
+      outs[g] = j.out + (static_cast<int64_t>(b) * j.H + h) * Dv;
     }
-    total = hsum16(totals);
-    for (; s < last; s++) {
-      const float e = row[s] == minus_infinity ? 0.0f : exp_poly(row[s] - top);
-      row[s] = e;
-      total += e;
-    }
-    if (j.sinks) total += exp_poly(j.sinks[h] - top);
-    // Weighted values, normalised once at the end; 64 outputs at a time held in registers.
-    const float inverse = 1.0f / total;
-    float* out = j.out + (static_cast<int64_t>(b) * j.H + h) * Dv;
     int i = 0;
     for (; i + 64 <= Dv; i += 64) {
-      v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int t = first; t < last; t++) {
-        const float w = row[t];
-        const float* value = values + t * j.v_token + i;
-        a0 += w * load16(value);
-        a1 += w * load16(value + 16);
-        a2 += w * load16(value + 32);
-        a3 += w * load16(value + 48);
+      int g = 0;
+      for (; g + 4 <= count; g += 4) weigh64<4>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g);
+      switch (count - g) {
+        case 3: weigh64<3>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g); break;
+        case 2: weigh64<2>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g); break;
+        case 1: weigh64<1>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g); break;
+        default: break;
       }
-      store16(out + i, a0 * inverse);
-      store16(out + i + 16, a1 * inverse);
-      store16(out + i + 32, a2 * inverse);
-      store16(out + i + 48, a3 * inverse);
     }
-    for (; i + 16 <= Dv; i += 16) {
-      v16f a = {};
-      for (int t = first; t < last; t++) a += row[t] * load16(values + t * j.v_token + i);
-      store16(out + i, a * inverse);
-    }
-    for (; i < Dv; i++) {
-      float a = 0.0f;
-      for (int t = first; t < last; t++) a += row[t] * values[t * j.v_token + i];
-      out[i] = a * inverse;
+    for (int g = 0; g < count; g++) {
+      const float* row = weights[g];
+      float* out = outs[g];
+      int k = i;
+      for (; k + 16 <= Dv; k += 16) {
+        v16f a = {};
+        for (int t = first; t < last; t++) a += row[t] * load16(values + t * j.v_token + k);
+        store16(out + k, a * inverse[g]);
+      }
+      for (; k < Dv; k++) {
+        float a = 0.0f;
+        for (int t = first; t < last; t++) a += row[t] * values[t * j.v_token + k];
+        out[k] = a * inverse[g];
+      }
     }
   }
 }
@@ -636,6 +721,71 @@ class FusedDecodeAttention : public FusedPrimitive {
   bool sinks_;
 };
 
+// ------------------------------------------------------------------------------------------------
+// Argmax over rows (greedy sampling's pick from a vocabulary of logits)
+
+struct ArgmaxJob {
+  const mx::array* x;
+  uint32_t* out;
+  int width;
+};
+
+// The index of the first largest value, a NaN counting as larger than any number (mx.argmax's
+// answer): one pass for the largest value sixteen lanes at a time, one for its first position.
+ORCHARD_CLONES uint32_t argmax_row(const float* x, int n) {
+  int i = 0;
+  float top = -std::numeric_limits<float>::infinity();
+  bool nan = false;
+  if (n >= 16) {
+    v16f best = load16(x);
+    v16i unordered = best != best;
+    for (i = 16; i + 16 <= n; i += 16) {
+      const v16f v = load16(x + i);
+      best = v > best ? v : best;
+      unordered |= v != v;
+    }
+    for (int lane = 0; lane < 16; lane++) {
+      top = best[lane] > top ? best[lane] : top;
+      nan |= unordered[lane] != 0;
+    }
+  }
+  for (; i < n; i++) {
+    top = x[i] > top ? x[i] : top;
+    nan |= x[i] != x[i];
+  }
+  for (i = 0; i < n; i++) {
+    if (nan ? x[i] != x[i] : x[i] == top) return static_cast<uint32_t>(i);
+  }
+  return 0;  // n == 0, which the op refuses
+}
+
+void argmax_at(void* context, int64_t r) {
+  const ArgmaxJob& j = *static_cast<const ArgmaxJob*>(context);
+  j.out[r] = argmax_row(j.x->data<float>() + row_offset(*j.x, r), j.width);
+}
+
+class FusedArgmax : public FusedPrimitive {
+ public:
+  using FusedPrimitive::FusedPrimitive;
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    dispatch(stream(), inputs, out, strided_rows, [](std::vector<mx::array>& in, mx::array& y) {
+      ArgmaxJob j{&in[0], y.data<uint32_t>(), in[0].shape(-1)};
+      for_rows(j.width ? static_cast<int64_t>(in[0].size()) / j.width : 0, in[0].size(), argmax_at, &j);
+    });
+  }
+
+  const char* name() const override {
+    return "OrchardArgmax";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return typeid(*this) == typeid(other);
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {mx::Shape(inputs[0].shape().begin(), inputs[0].shape().end() - 1)};
+  }
+};
+
 }  // namespace
 
 mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps, mx::StreamOrDevice s) {
@@ -738,6 +888,14 @@ mx::array softmax(const mx::array& x, int key_offset, mx::StreamOrDevice s) {
   if (x.ndim() < 1 || (key_offset >= 0 && x.ndim() < 2)) invalid(op, "x " + shape_string(x) + " has no rows");
   return mx::array(x.shape(), mx::float32, std::make_shared<FusedSoftmax>(cpu_stream(s, op), key_offset < 0 ? -1 : key_offset),
                    {x});
+}
+
+mx::array argmax(const mx::array& x, mx::StreamOrDevice s) {
+  const char* op = "argmax";
+  require_float32(op, "x", x);
+  if (x.ndim() < 1 || x.shape(-1) < 1) invalid(op, "x " + shape_string(x) + " has no values to pick from");
+  return mx::array(mx::Shape(x.shape().begin(), x.shape().end() - 1), mx::uint32,
+                   std::make_shared<FusedArgmax>(cpu_stream(s, op)), {x});
 }
 
 }  // namespace orchard_qmm

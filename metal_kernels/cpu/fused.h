@@ -42,4 +42,8 @@ mlx::core::array softmax(const mlx::core::array& x, int key_offset, mlx::core::S
 mlx::core::array gated_activation(const mlx::core::array& gate, const mlx::core::array& up, int activation,
                                   mlx::core::StreamOrDevice s);
 
+// The index of each row's largest value over the last axis (uint32, the first of equal ones, a NaN
+// above every number), like mx.argmax(x, axis=-1).
+mlx::core::array argmax(const mlx::core::array& x, mlx::core::StreamOrDevice s);
+
 }  // namespace orchard_qmm
