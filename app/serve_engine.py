@@ -9,6 +9,7 @@ cancels its request, which frees the batch row at the scheduler's next step.
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from mlxmodels.generate import context_length, encode_prompt
 from mlxmodels.prompt import format_messages
@@ -62,6 +63,7 @@ class ServeEngine:
         # speculates gets a fork of its proposer.
         self.speculative = speculative
         self.context = context_length(model) or FALLBACK_CONTEXT
+        self._outbox: _Outbox | None = None
 
     # -- preparing requests (blocking: run them off the event loop) --------------------------------
 
@@ -223,25 +225,49 @@ class ServeEngine:
 
     def start(self, request: Request) -> "Running":
         """Submit a request (raises the scheduler's `Busy` or `Closed` at once); call on the event loop."""
-        return Running(self.scheduler, request, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        if self._outbox is None or self._outbox.loop is not loop:
+            self._outbox = _Outbox(loop)
+        return Running(self.scheduler, request, self._outbox)
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
+
+
+class _Outbox:
+    """Outputs crossing from the scheduler thread to the event loop, all of one decode step in one
+    wake-up: each `call_soon_threadsafe` writes to the loop's wake-up pipe (a system call on the
+    scheduler thread, per token and client); here only the first output of a batch does, and the
+    loop hands out whatever has arrived by the time it runs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue, Output]] = []
+
+    def put(self, queue: asyncio.Queue, output: Output) -> None:  # on the scheduler thread
+        with self._lock:
+            self._pending.append((queue, output))
+            if len(self._pending) > 1:
+                return  # a hand-out is already on its way
+        self.loop.call_soon_threadsafe(self._hand_out)
+
+    def _hand_out(self) -> None:  # on the event loop
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for queue, output in pending:
+            queue.put_nowait(output)
 
 
 class Running:
     """A submitted request, read from the event loop: `await next()` gives its outputs in order;
     `cancel()` (a client that left) frees its batch row at the scheduler's next step."""
 
-    def __init__(self, scheduler: Scheduler, request: Request, loop: asyncio.AbstractEventLoop):
+    def __init__(self, scheduler: Scheduler, request: Request, outbox: _Outbox):
         self.scheduler = scheduler
         self.queue: asyncio.Queue[Output] = asyncio.Queue()
         self.finished = False
-
-        def deliver(output: Output) -> None:  # on the scheduler thread
-            loop.call_soon_threadsafe(self.queue.put_nowait, output)
-
-        self.sequence = scheduler.submit(request, deliver)
+        self.sequence = scheduler.submit(request, lambda output: outbox.put(self.queue, output))
 
     async def next(self, timeout: float | None = None) -> Output | None:
         """The next output; None if `timeout` seconds pass first."""

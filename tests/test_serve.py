@@ -477,3 +477,39 @@ def test_a_taken_port_is_one_line(capsys):
         taken.listen()
         assert main(["serve", "--port", str(taken.getsockname()[1])]) == 1
     assert "Address already in use" in capsys.readouterr().err
+
+
+def test_outputs_of_one_step_reach_the_loop_in_one_wake_up():
+    """The scheduler thread hands a step's outputs over with one `call_soon_threadsafe` (a write to
+    the loop's wake-up pipe) however many requests they belong to; each request's stay in order."""
+    import asyncio
+
+    from app.serve_engine import _Outbox
+
+    loop = asyncio.new_event_loop()
+    wake_ups = []
+    plain = loop.call_soon_threadsafe
+    loop.call_soon_threadsafe = lambda *a: (wake_ups.append(a), plain(*a))[1]
+    try:
+        outbox, first, second = _Outbox(loop), asyncio.Queue(), asyncio.Queue()
+
+        def step(n):  # one decode step's outputs for two requests, from the scheduler's thread
+            for i in range(n):
+                outbox.put(first, f"a{i}")
+                outbox.put(second, f"b{i}")
+
+        async def received(queue, n):
+            return [await queue.get() for _ in range(n)]
+
+        async def both(*waits):
+            return list(await asyncio.gather(*waits))
+
+        worker = threading.Thread(target=step, args=(3,))
+        worker.start()
+        worker.join()  # the loop is not running: everything waits for one hand-out
+        got = loop.run_until_complete(both(received(first, 3), received(second, 3)))
+        assert got == [["a0", "a1", "a2"], ["b0", "b1", "b2"]] and len(wake_ups) == 1
+        step(1)  # after a hand-out, the next output wakes the loop again
+        assert loop.run_until_complete(received(second, 1)) == ["b0"] and len(wake_ups) == 2
+    finally:
+        loop.close()
