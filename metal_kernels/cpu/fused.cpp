@@ -15,6 +15,7 @@
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
+#include "lanes.h"
 #include "support.h"
 #include "threads.h"
 
@@ -203,12 +204,8 @@ class FusedRope : public FusedPrimitive {
 // ------------------------------------------------------------------------------------------------
 // Attention for one query per head
 
-// Sixteen floats as one value (GCC/Clang vector extensions): each target_clones clone lowers it to
-// its own registers (one zmm, two ymm, four xmm), so the loops below need no per-ISA source.
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
+// v16f (lanes.h): each target_clones clone lowers it to its own registers (one zmm, two ymm, four
+// xmm), so the loops below need no per-ISA source.
 
 inline __attribute__((always_inline)) v16f load16(const float* p) {
   v16f v;
@@ -330,35 +327,6 @@ inline void visible_span(const AttentionJob& j, int b, int& first, int& last) {
   };
   while (first < last && !visible(first)) first++;
   while (last > first && !visible(last - 1)) last--;
-}
-
-// Sixteen vectors' sums as one vector (lane i: the sum of a[i]'s lanes): four rounds of pairwise
-// folds, each halving the lanes a vector spends on one sum, in 15 additions and 30 two-source
-// shuffles where sixteen separate reductions take ~8 dependent instructions each. The inputs go in
-// bit-reversed order so that the sums come out in order.
-inline __attribute__((always_inline)) v16f sum_lanes16(const v16f* a) {
-  auto halves = [](v16f l, v16f r) {
-    return __builtin_shufflevector(l, r, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-           __builtin_shufflevector(l, r, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  };
-  auto quarters = [](v16f l, v16f r) {
-    return __builtin_shufflevector(l, r, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
-           __builtin_shufflevector(l, r, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-  };
-  auto pairs = [](v16f l, v16f r) {
-    return __builtin_shufflevector(l, r, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
-           __builtin_shufflevector(l, r, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-  };
-  auto singles = [](v16f l, v16f r) {
-    return __builtin_shufflevector(l, r, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
-           __builtin_shufflevector(l, r, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-  };
-  constexpr int reversed[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-  v16f x[8], y[4], z[2];
-  for (int i = 0; i < 8; i++) x[i] = halves(a[reversed[2 * i]], a[reversed[2 * i + 1]]);
-  for (int i = 0; i < 4; i++) y[i] = quarters(x[2 * i], x[2 * i + 1]);
-  for (int i = 0; i < 2; i++) z[i] = pairs(y[2 * i], y[2 * i + 1]);
-  return singles(z[0], z[1]);
 }
 
 // scores[s] = scale * q . key s for sixteen keys from `keys` (D a multiple of 16): one accumulator

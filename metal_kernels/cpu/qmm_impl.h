@@ -15,6 +15,7 @@
 
 #include <cstring>
 
+#include "lanes.h"
 #include "qmm.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -379,29 +380,6 @@ inline void float_codes(const uint8_t* row, int block, const uint8_t* end, __m51
   }
 }
 
-// Lane i of the result: the sum of a[i]'s sixteen lanes, by four rounds of pairwise folds (two
-// permutes and an add per output vector: 45 instructions where sixteen separate reductions take
-// ~160). The folds leave the sums in bit-reversed lane order, so the inputs are taken in that order.
-inline __m512 sum_lanes16(const __m512* a) {
-  static constexpr int reversed[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-  const __m512i halves_lo = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-  const __m512i halves_hi = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  const __m512i quarters_lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
-  const __m512i quarters_hi = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-  const __m512i pairs_lo = _mm512_setr_epi32(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
-  const __m512i pairs_hi = _mm512_setr_epi32(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-  const __m512i singles_lo = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-  const __m512i singles_hi = _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-  auto fold = [](__m512 l, __m512 r, __m512i lo, __m512i hi) {
-    return _mm512_add_ps(_mm512_permutex2var_ps(l, lo, r), _mm512_permutex2var_ps(l, hi, r));
-  };
-  __m512 x[8], y[4], z[2];
-  for (int i = 0; i < 8; i++) x[i] = fold(a[reversed[2 * i]], a[reversed[2 * i + 1]], halves_lo, halves_hi);
-  for (int i = 0; i < 4; i++) y[i] = fold(x[2 * i], x[2 * i + 1], quarters_lo, quarters_hi);
-  for (int i = 0; i < 2; i++) z[i] = fold(y[2 * i], y[2 * i + 1], pairs_lo, pairs_hi);
-  return fold(z[0], z[1], singles_lo, singles_hi);
-}
-
 // MT rows of NT outputs on the float path: sum over blocks of (scale * code + bias) . x, each
 // block's weights converted once for all MT rows, each x vector loaded once for all NT outputs.
 // y is [MT][NT].
@@ -450,7 +428,10 @@ inline void float_tile(const Problem& p, const ActLayout& a, const uint8_t* act,
     }
   }
   if constexpr (MT * NT == 16) {
-    _mm512_storeu_ps(&y[0][0], sum_lanes16(&acc[0][0]));  // y is [8][2]: the accumulators' order
+    v16f sums[MT * NT];  // lanes.h's fold, shared with the fused operations
+    std::memcpy(sums, acc, sizeof(sums));
+    const v16f total = sum_lanes16(sums);
+    std::memcpy(&y[0][0], &total, sizeof(total));  // y is [8][2]: the accumulators' order
   } else {
     for (int m = 0; m < MT; m++) {
       for (int t = 0; t < NT; t++) y[m][t] = _mm512_reduce_add_ps(acc[m][t]);
