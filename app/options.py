@@ -25,6 +25,17 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_kv_bits_option(parser: argparse.ArgumentParser, saving: str) -> None:
+    from mlxmodels.api import KV_BITS
+
+    parser.add_argument(
+        "--kv-bits", type=int, choices=KV_BITS, default=None,
+        help=f"store the KV cache quantized to 4 or 8 bits, or as float16 with 16 (less memory {saving}; 16 "
+        "also halves what each decode step reads of a float32 model's cache: faster long-context and "
+        "batched decode on the CPU)",
+    )
+
+
 def add_distributed_options(parser: argparse.ArgumentParser) -> None:
     from app.ranks import add_options
 

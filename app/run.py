@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from app import ranks
-from app.options import (add_distributed_options, add_model_option, add_sampling_options, add_speculative_options,
-                         sampling_from_args, speculative_from_args)
+from app.options import (add_distributed_options, add_kv_bits_option, add_model_option, add_sampling_options,
+                         add_speculative_options, sampling_from_args, speculative_from_args)
 
 
 def register(sub) -> None:
@@ -19,8 +19,7 @@ def register(sub) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
     p.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     p.add_argument("--quiet", "-q", action="store_true", help="no stats on stderr")
-    p.add_argument("--kv-bits", type=int, choices=(4, 8), default=None,
-                   help="store the KV cache quantized to 4 or 8 bits (less memory for long contexts)")
+    add_kv_bits_option(p, "for long contexts")
     shape = p.add_argument_group("structured output (the output is guaranteed to match)").add_mutually_exclusive_group()
     shape.add_argument("--json-schema", metavar="FILE|JSON", default=None,
                        help="a JSON Schema, as a file or inline JSON: the output is JSON valid against it")
@@ -134,7 +133,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.kv_bits is not None and not args.quiet:
         from mlxmodels.api import kv_bits_no_effect
 
-        why = kv_bits_no_effect(model)
+        why = kv_bits_no_effect(model, args.kv_bits)
         if why:
             _status(f"orchard: note: --kv-bits {args.kv_bits} changes nothing: {why}")
 

@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 from app import ranks
-from app.options import add_distributed_options, add_model_option, add_speculative_options, speculative_from_args
+from app.options import (add_distributed_options, add_kv_bits_option, add_model_option, add_speculative_options,
+                         speculative_from_args)
 
 SPECULATE_UP_TO = 1  # measured in docs/performance.md ("Speculation in serve")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -66,8 +67,7 @@ def register(sub) -> None:
                         "4x that while none is running)")
     p.add_argument("--max-request-bytes", default="2MiB", metavar="SIZE",
                    help="largest request body accepted (413 beyond; default 2MiB)")
-    p.add_argument("--kv-bits", type=int, choices=(4, 8), default=None,
-                   help="store the KV cache quantized to 4 or 8 bits (less memory per request)")
+    add_kv_bits_option(p, "per request")
     add_speculative_options(p)
     p.add_argument("--speculate-up-to", type=int, default=SPECULATE_UP_TO, metavar="R",
                    help="requests speculate only while at most R run in the batch (default "

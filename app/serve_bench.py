@@ -1,7 +1,7 @@
 """`orchard bench serve`: load a server with concurrent streaming clients and measure what they get.
 
     orchard bench serve [--model M | --url URL] [-c 1,8] [-n 16] [-p 128] [-g 64] [--shared-prefix N]
-                        [--compare mlx-lm] [--json]
+                        [--kv-bits B] [--compare mlx-lm] [--json]
 
 Starts `orchard serve` on the model (or uses a running server at --url), then for each client count
 C runs the same M streaming completions, C at a time, and reports aggregate generation tokens/s, the
@@ -9,6 +9,7 @@ time to first token (p50/p95/p99) and the gap between tokens (p50/p95/p99), and 
 `--compare mlx-lm` runs `mlx_lm.server` on the same model with the same load, one engine after the
 other, and prints Orchard's ratio. With `--shared-prefix N` every prompt starts with the same N tokens
 (a long system prompt), and the first request's time to first token is reported apart from the others'.
+`--kv-bits` is passed to the `orchard serve` it starts.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ START_TIMEOUT = 300
 
 
 def register(actions) -> None:
-    from app.options import add_model_option
+    from app.options import add_kv_bits_option, add_model_option
 
     p = actions.add_parser("serve", help="load-test a server: aggregate tok/s, TTFT and inter-token latency",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,6 +48,7 @@ def register(actions) -> None:
     p.add_argument("-g", "--max-tokens", type=int, default=64, metavar="N", help="answer length asked for (default 64)")
     p.add_argument("--shared-prefix", type=int, default=0, metavar="N",
                    help="tokens every prompt starts with (default 0: prompts share nothing)")
+    add_kv_bits_option(p, "per request; passed to the orchard serve it starts")
     p.add_argument("--compare", default=None, choices=("mlx-lm",), help="also run mlx_lm.server on the same load")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(handler=handle)
@@ -227,10 +229,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_orchard(model_dir: Path, clients: int, cpu_weights: str) -> tuple[_Process, str, str]:
+def start_orchard(model_dir: Path, clients: int, cpu_weights: str,
+                  kv_bits: int | None = None) -> tuple[_Process, str, str]:
     marker = "orchard serve:"
+    kv = [] if kv_bits is None else ["--kv-bits", str(kv_bits)]
     server = _Process([sys.executable, "-m", "app.main", "serve", "--model", str(model_dir), "--port", "0",
-                       "--max-concurrency", str(clients), "--cpu-weights", cpu_weights, "--quiet"], marker)
+                       "--max-concurrency", str(clients), "--cpu-weights", cpu_weights, *kv, "--quiet"], marker)
     if not server._ready.wait(START_TIMEOUT):
         server.stop()
         from mlxmodels.errors import OrchardError
@@ -275,6 +279,8 @@ def handle(args: argparse.Namespace) -> int:
                            f"({args.prompt_tokens})")
     if args.url and args.compare:
         raise OrchardError("--compare starts the servers itself: it does not go with --url")
+    if args.url and args.kv_bits is not None:
+        raise OrchardError("--kv-bits is for the server bench serve starts: start yours with it instead of --url")
     url_base = api_base(args.url, "--url") if args.url else None  # a malformed URL fails before any loading
 
     from mlxmodels.resolve import resolve
@@ -295,14 +301,14 @@ def handle(args: argparse.Namespace) -> int:
     engines = ["orchard"] + (["mlx-lm"] if args.compare else [])
     doc = {"model": str(args.model or model_dir.name), "requests": args.requests,
            "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
-           "shared_prefix": args.shared_prefix, "engines": {}}
+           "shared_prefix": args.shared_prefix, "kv_bits": args.kv_bits, "engines": {}}
     for engine in engines:
         server = None
         if args.url:
             base, name = url_base, _served_name(url_base, args.api_key)
         elif engine == "orchard":
             _status(f"starting orchard serve on {model_dir.name} …")
-            server, base, name = start_orchard(model_dir, max(levels), args.cpu_weights)
+            server, base, name = start_orchard(model_dir, max(levels), args.cpu_weights, args.kv_bits)
         else:
             _status(f"starting mlx_lm.server on {model_dir.name} …")
             server, base, name = start_mlx_lm(model_dir)
@@ -332,8 +338,9 @@ def markdown(doc: dict) -> str:
         return "-" if x is None else f"{x:.{digits}f}"
 
     shared = f" ({doc['shared_prefix']} shared)" if doc["shared_prefix"] else ""
+    kv = f", orchard's KV cache --kv-bits {doc['kv_bits']}" if doc.get("kv_bits") else ""
     lines = [f"model {doc['model']}: {doc['requests']} requests per row, prompt {doc['prompt_tokens']} tokens"
-             f"{shared}, answer up to {doc['max_tokens']} tokens, greedy, streaming", "",
+             f"{shared}, answer up to {doc['max_tokens']} tokens, greedy, streaming{kv}", "",
              "| engine | clients | tok/s | vs 1 client | TTFT p50/p95/p99 ms | ITL p50/p95/p99 ms | failed |",
              "|---|---|---|---|---|---|---|"]
     for engine, rows in doc["engines"].items():

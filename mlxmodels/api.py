@@ -44,53 +44,71 @@ def _config_eos(config: dict):
 def make_cache(model, kv_bits: int | None = None, kv_group_size: int = 64) -> list:
     """A fresh per-layer cache for `model(tokens, cache=...)`.
 
-    `kv_bits` (4 or 8) stores the keys and values of full-attention layers quantized
-    (`QuantizedKVCache`); sliding-window and recurrent layers keep their own caches. A layer that
-    holds attention and SSM caches together (`AttentionSSMCache`) gets its attention part swapped.
-    Multi-head Latent Attention layers keep their per-token latents quantized (`QuantizedLatentKVCache`).
+    `kv_bits` changes how full-attention layers store their keys and values: 4 or 8 quantized
+    (`QuantizedKVCache`), 16 as float16 (`KVCache(mx.float16)`: exact to float16's precision, half a
+    float32 cache's memory and of what each decode step reads). Sliding-window and recurrent layers
+    keep their own caches; a layer that holds attention and SSM caches together
+    (`AttentionSSMCache`) gets its attention part swapped. Multi-head Latent Attention layers
+    quantize their per-token latents under 4 or 8 bits (`QuantizedLatentKVCache`) and keep them as
+    they are under 16.
     """
     cache = model.make_cache()
     if kv_bits is None:
         return cache
+    import mlx.core as mx
+
     from mlxmodels.cache import (AttentionSSMCache, KVCache, LatentKVCache, QuantizedKVCache,
                                  QuantizedLatentKVCache)
+    from mlxmodels.errors import OrchardError
 
-    def quantized(c):
+    if kv_bits not in KV_BITS:
+        raise OrchardError(f"KV cache bits must be one of {', '.join(map(str, KV_BITS))}, got {kv_bits}")
+
+    def stored(c):
         if type(c) is KVCache:
-            return QuantizedKVCache(kv_bits, kv_group_size)
-        if type(c) is LatentKVCache:
+            return KVCache(mx.float16) if kv_bits == 16 else QuantizedKVCache(kv_bits, kv_group_size)
+        if type(c) is LatentKVCache and kv_bits != 16:
             return QuantizedLatentKVCache(kv_bits, kv_group_size)
         if isinstance(c, AttentionSSMCache):
-            return AttentionSSMCache(quantized(c.attention), c.ssm)
+            return AttentionSSMCache(stored(c.attention), c.ssm)
         return c
 
-    return [quantized(c) for c in cache]
+    return [stored(c) for c in cache]
+
+
+KV_BITS = (4, 8, 16)  # what `make_cache` and the --kv-bits options take
 
 
 # Cache kinds `kv_bits` leaves alone, as the note that the flag changed nothing names them (None:
-# nothing worth naming). Only a full-attention KV cache grows with the context; these do not.
+# nothing worth naming). Only attention caches grow with the context; these do not, but for the
+# latent ones (which 16 bits keeps as they are).
 _KEPT_CACHES = {"RotatingKVCache": "sliding-window attention (bounded by its window)",
                 "ChunkedKVCache": "chunked attention (bounded by its chunk)",
+                "LatentKVCache": "latent attention's latents (left as they are under 16 bits)",
                 "SSMCache": "recurrent state (a fixed size)", "StatelessCache": None}
 
 
-def kv_bits_no_effect(model) -> str | None:
-    """Why `make_cache(model, kv_bits=...)` would quantize no layer's cache at all, in words (the
-    caller says so, rather than letting the flag silently do nothing); None when some layer's is."""
-    plain, quantized = model.make_cache(), make_cache(model, kv_bits=8)
+def kv_bits_no_effect(model, kv_bits: int = 8) -> str | None:
+    """Why `make_cache(model, kv_bits)` would change no layer's cache at all, in words (the caller
+    says so, rather than letting the flag silently do nothing); None when some layer's changes."""
+    plain, changed = model.make_cache(), make_cache(model, kv_bits=kv_bits)
 
     def parts(layer) -> list:
         # A layer running attention and an SSM side by side (AttentionSSMCache) holds both kinds.
         return [layer.attention, layer.ssm] if hasattr(layer, "attention") and hasattr(layer, "ssm") else [layer]
 
-    if any([type(p) for p in parts(a)] != [type(p) for p in parts(b)] for a, b in zip(plain, quantized)):
+    def signature(layer) -> list:
+        return [(type(p), str(getattr(p, "dtype", None))) for p in parts(layer)]  # Dtype == None raises
+
+    if any(signature(a) != signature(b) for a, b in zip(plain, changed)):
         return None
     kinds = []
     for part in (p for layer in plain for p in parts(layer)):
         kind = _KEPT_CACHES.get(type(part).__name__, type(part).__name__)
         if kind is not None and kind not in kinds:
             kinds.append(kind)
-    return "this model has no full-attention KV cache to quantize, only " + " and ".join(kinds)
+    change = "store as float16" if kv_bits == 16 else "quantize"
+    return f"this model has no full-attention KV cache to {change}, only " + " and ".join(kinds)
 
 
 def warm_up(model) -> None:

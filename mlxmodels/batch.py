@@ -68,11 +68,19 @@ class _Layout:
 
 
 class _KVLayout(_Layout):
+    def __init__(self, dtype: mx.Dtype | None = None):
+        self.dtype = dtype  # the caches' stored dtype (KVCache.dtype)
+
     def arrays(self, cache, n):
         return [] if cache.keys is None else [a[..., cache.offset - n : cache.offset, :] for a in (cache.keys, cache.values)]
 
+    def encode(self, *new) -> list:
+        if self.dtype is None or new[0].dtype == self.dtype:
+            return list(new)
+        return [a.astype(self.dtype) for a in new]
+
     def rebuild(self, arrays, held, offset):
-        cache = KVCache()
+        cache = KVCache(self.dtype)
         if arrays:
             cache.keys, cache.values = arrays
         cache.offset = offset
@@ -175,7 +183,7 @@ def _layout_of(cache) -> _Layout:
     if isinstance(cache, RotatingKVCache):
         return _WindowLayout(cache.window, isinstance(cache, ChunkedKVCache))
     if isinstance(cache, KVCache):
-        return _KVLayout()
+        return _KVLayout(cache.dtype)
     raise OrchardError(f"no batched form of the cache kind {type(cache).__name__}")
 
 
@@ -183,10 +191,13 @@ def _joined_layout(layouts: list[_Layout], empty: list[bool]) -> _Layout:
     """The one layout of caches batched together. A quantized cache that holds nothing has not yet
     chosen its group size (head dims 64 does not divide fall back to 32 on the first token): it takes
     the others'."""
+    def settings(layout) -> dict:  # as strings: an mx.Dtype does not compare with None
+        return {name: str(value) for name, value in vars(layout).items()}
+
     chosen = next((l for l, e in zip(layouts, empty) if not e), layouts[0])
     for layout, e in zip(layouts, empty):
-        settled = vars(layout) == vars(chosen) or (e and chosen.quantized and
-                                                    {**vars(layout), "group_size": 0} == {**vars(chosen), "group_size": 0})
+        settled = settings(layout) == settings(chosen) or (
+            e and chosen.quantized and {**settings(layout), "group_size": ""} == {**settings(chosen), "group_size": ""})
         if type(layout) is not type(chosen) or not settled:
             raise OrchardError("cannot batch caches of different kinds in one layer")
     return chosen

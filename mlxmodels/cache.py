@@ -42,15 +42,20 @@ def _grow(buffer: mx.array | None, used: int, needed: int, step: int, like: mx.a
 
 
 class KVCache:
-    """Keys and values of every position, in buffers that grow `step` tokens at a time."""
+    """Keys and values of every position, in buffers that grow `step` tokens at a time, stored as
+    `dtype` (None: as the model computes them; float16 under `kv_bits` 16, which halves what a
+    float32 model's cache holds and what each decode step reads)."""
 
     step = 256
 
-    def __init__(self):
+    def __init__(self, dtype: mx.Dtype | None = None):
         self.keys = self.values = None
         self.offset = 0
+        self.dtype = dtype
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        if self.dtype is not None and keys.dtype != self.dtype:
+            keys, values = keys.astype(self.dtype), values.astype(self.dtype)
         L = keys.shape[2]
         if self.keys is None or self.offset + L > self.keys.shape[2]:
             self.keys = _grow(self.keys, self.offset, self.offset + L, self.step, keys)
@@ -76,7 +81,7 @@ class KVCache:
         return [] if self.keys is None else [self.keys, self.values]
 
     def copy(self) -> "KVCache":
-        clone = KVCache()
+        clone = KVCache(self.dtype)
         clone.offset = self.offset
         if self.keys is not None:
             clone.keys = self.keys[..., : self.offset, :]

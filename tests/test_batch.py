@@ -103,14 +103,31 @@ def test_batched_greedy_equals_alone(fixture_model):
             assert usage.cached_tokens == (0 if round == 0 else len(p) - 1)
 
 
-@pytest.mark.parametrize("name", QUANTIZED_KINDS)
-def test_quantized_kv_cache_batches(name):
+@pytest.mark.parametrize("name,kv_bits", [(name, 8) for name in QUANTIZED_KINDS] +
+                         [(name, 16) for name in QUANTIZED_KINDS if name != "deepseek_v2"])  # MLA: kept as is
+def test_quantized_and_float16_kv_caches_batch(name, kv_bits):
     model, tokenizer = mlxmodels.load(FIXTURES / name)
-    expected = [alone(model, tokenizer, p, cache=mlxmodels.make_cache(model, kv_bits=8))[0] for p in prompts()]
+    expected = [alone(model, tokenizer, p, cache=mlxmodels.make_cache(model, kv_bits=kv_bits))[0] for p in prompts()]
     scheduler = Scheduler(model, tokenizer, max_batch=6, prefill_step=5,
-                          make_cache=lambda: mlxmodels.make_cache(model, kv_bits=8))
+                          make_cache=lambda: mlxmodels.make_cache(model, kv_bits=kv_bits))
+    stored = set()  # the dtypes of the batch's full-attention buffers after each step
+    step = scheduler.step
+
+    def watched_step():
+        step()
+        for layer in scheduler._batch or []:
+            attention = getattr(layer, "attention", layer)  # Falcon-H1: attention beside an SSM
+            if type(getattr(attention, "layout", None)).__name__ == "_KVLayout":
+                stored.update(a.dtype for a in attention.arrays or [])
+
+    scheduler.step = watched_step
     results = run(scheduler, [Request(p, MAX_TOKENS, GREEDY) for p in prompts()], [0, 1, 1, 4, 2, 0])
     assert [tokens_of(r) for r in results] == expected
+    if kv_bits == 16:
+        # One-token prompts join with empty caches: the batch's first buffers are made from a decode
+        # step's new keys and values, in halves too.
+        run(scheduler, [Request(p[:1], 2, GREEDY) for p in prompts(3)])
+        assert stored == {mx.float16}
 
 
 def test_both_cpu_math_paths(monkeypatch):

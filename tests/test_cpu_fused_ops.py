@@ -113,13 +113,16 @@ def test_softmax_weights_stay_clear_of_denormals(ops):
                                           (1, 4, 1, 1, 256), (2, 6, 2, 48, 72), (1, 2, 2, 17, 8),
                                           (2, 14, 2, 40, 64), (1, 8, 1, 33, 128), (1, 10, 2, 16, 64),
                                           (1, 71, 1, 21, 64)])
-def test_decode_attention_matches_mlx(ops, B, H, H_kv, S, D):
+@pytest.mark.parametrize("kv_dtype", [mx.float32, mx.float16])
+def test_decode_attention_matches_mlx(ops, B, H, H_kv, S, D, kv_dtype):
     key = mx.random.key(B * 1000 + S)
     q = mx.random.normal((B, H, 1, D), key=key)
     # Keys and values as a cache hands them back: the first S positions of a longer buffer (a view).
-    k = mx.random.normal((B, H_kv, S + 10, D), key=mx.random.key(7))[:, :, :S]
-    v = mx.random.normal((B, H_kv, S + 10, D), key=mx.random.key(8))[:, :, :S]
-    reference = mx.fast.scaled_dot_product_attention
+    k = mx.random.normal((B, H_kv, S + 10, D), key=mx.random.key(7))[:, :, :S].astype(kv_dtype)
+    v = mx.random.normal((B, H_kv, S + 10, D), key=mx.random.key(8))[:, :, :S].astype(kv_dtype)
+
+    def reference(q, k, v, **kwargs):  # float16 keys and values widen exactly: the same float32 sums
+        return mx.fast.scaled_dot_product_attention(q, k.astype(mx.float32), v.astype(mx.float32), **kwargs)
     assert _max_diff(ops.decode_attention(q, k, v, 0.125), reference(q, k, v, scale=0.125)) < TOL
     allowed = mx.random.uniform(shape=(B, 1, 1, S), key=mx.random.key(9)) > 0.3
     allowed = mx.concatenate([mx.ones((B, 1, 1, 1), mx.bool_), allowed[..., 1:]], axis=-1)
@@ -156,6 +159,43 @@ def test_decode_attention_skips_a_rows_padding(ops, additive):
         assert _max_diff(got[b : b + 1], alone) < TOL, (b, first, last)
 
 
+# Every float16 value class: zeros, subnormals (the smallest and largest), normals from the smallest
+# to 65504, and the infinities and a NaN.
+SPECIAL_HALVES = [0x0000, 0x8000, 0x0001, 0x8001, 0x03FF, 0x0400, 0x3C00, 0xBC00, 0x3555, 0x7BFF, 0xFBFF,
+                  0x1234, 0xC000, 0x7C00, 0xFC00, 0x7E00]
+
+
+@pytest.fixture(params=native_cpu.variants() if native_cpu.available() else [])
+def widening(request):
+    """Each instruction-set variant this CPU runs, in turn: float16 keys and values are widened by
+    the variant's instruction (AVX-512F, F16C) or, for the others, by portable bit arithmetic."""
+    before = native_cpu.module().variant()
+    native_cpu.set_variant(request.param)
+    yield request.param
+    native_cpu.set_variant(before)
+
+
+def test_decode_attention_widens_every_float16_exactly(ops, widening):
+    """With one key per head the weight is exactly 1: the output is that value row, so every float16
+    (subnormals, 65504, infinities, NaN) must come out as the float32 it stands for. Sixteen keys of
+    equal score (the 16-key blocks) and D = 40 (16-wide loops and a tail) check the rest of the paths."""
+    values = np.array(SPECIAL_HALVES * 3, dtype=np.uint16).view(np.float16).reshape(1, 1, 1, 48)
+    q = mx.ones((1, 2, 1, 48))
+    got = np.array(ops.decode_attention(q, mx.zeros((1, 1, 1, 48), mx.float16), mx.array(values), 0.125))
+    want = np.broadcast_to(values.astype(np.float32)[0, 0], (2, 48))
+    assert np.array_equal(got[0, :, 0], want, equal_nan=True)
+    S, D = 37, 40
+    k = mx.random.normal((2, 2, S, D), key=mx.random.key(3)).astype(mx.float16)
+    v = mx.random.normal((2, 2, S, D), key=mx.random.key(4)).astype(mx.float16)
+    q = mx.random.normal((2, 6, 1, D), key=mx.random.key(5))
+    want = mx.fast.scaled_dot_product_attention(q, k.astype(mx.float32), v.astype(mx.float32), scale=0.3)
+    assert _max_diff(ops.decode_attention(q, k, v, 0.3), want) < TOL
+    k = mx.random.normal((1, 1, 48, 64), key=mx.random.key(6)).astype(mx.float16)
+    q = mx.random.normal((1, 3, 1, 64), key=mx.random.key(7))
+    want = mx.fast.scaled_dot_product_attention(q, k.astype(mx.float32), k.astype(mx.float32), scale=0.125)
+    assert _max_diff(ops.decode_attention(q, k, k, 0.125), want) < TOL
+
+
 @pytest.mark.parametrize("shape", [(1, 49152), (8, 49152), (3, 5, 37), (2, 1), (16,)])
 def test_argmax_matches_mlx(ops, shape):
     x = mx.random.normal(shape, key=mx.random.key(12))
@@ -177,6 +217,8 @@ def test_bad_shapes_are_named(ops):
     q, k = mx.zeros((1, 4, 1, 8)), mx.zeros((1, 3, 5, 8))
     with pytest.raises(ValueError, match="shapes do not match"):
         ops.decode_attention(q, k, k, 1.0)
+    with pytest.raises(ValueError, match="k and v must both be float32 or both"):
+        ops.decode_attention(mx.zeros((1, 2, 1, 8)), k, k.astype(mx.float16), 1.0)
     with pytest.raises(ValueError, match="does not broadcast"):
         ops.decode_attention(q, mx.zeros((1, 2, 5, 8)), mx.zeros((1, 2, 5, 8)), 1.0, mx.zeros((1, 4, 1, 5), mx.bool_))
     with pytest.raises(ValueError, match="weight"):

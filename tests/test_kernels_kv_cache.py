@@ -1,5 +1,6 @@
-"""The quantized KV cache end to end: the cache itself, the attention hook that routes it through
-metal_kernels.quantized_decode_attention, and `--kv-bits` on the default model."""
+"""The quantized and float16 KV caches end to end: the caches themselves, the attention hook that routes
+the quantized one through metal_kernels.quantized_decode_attention, the float16 one through the native
+one-query attention, and `--kv-bits` on the default model."""
 
 from __future__ import annotations
 
@@ -42,7 +43,29 @@ def test_cache_stores_what_mx_quantize_gives_and_rewinds():
     assert cache.nbytes < float_bytes  # 8-bit words + scales/biases vs float32
 
 
+def test_float16_cache_stores_halves_and_rewinds():
+    cache = KVCache(mx.float16)
+    cache.step = 4  # force growth past the first buffer
+    k = mx.random.normal((1, 2, 6, 64), key=mx.random.key(1))
+    v = mx.random.normal((1, 2, 6, 64), key=mx.random.key(2))
+    cache.update_and_fetch(k[:, :, :5], v[:, :, :5])
+    got_k, got_v = cache.update_and_fetch(k[:, :, 5:], v[:, :, 5:])
+    assert got_k.dtype == got_v.dtype == mx.float16 and got_k.shape == (1, 2, 6, 64)
+    assert mx.array_equal(got_k, k.astype(mx.float16)).item() and mx.array_equal(got_v, v.astype(mx.float16)).item()
+    snapshot = cache.copy()
+    assert trim_cache([cache], 2) and cache.offset == 4
+    again, _ = cache.update_and_fetch(k[:, :, 4:5], v[:, :, 4:5])
+    assert again.dtype == mx.float16 and mx.array_equal(again, got_k[:, :, :5]).item()
+    assert snapshot.dtype == mx.float16 and snapshot.offset == 6
+    plain = KVCache()
+    plain.step = 4
+    plain.update_and_fetch(k, v)
+    assert cache.nbytes * 2 == plain.nbytes
+
+
 def test_bad_cache_settings_are_one_line_errors():
+    with pytest.raises(OrchardError, match="KV cache bits must be one of 4, 8, 16, got 12"):
+        mlxmodels.make_cache(build_model(TINY), kv_bits=12)
     with pytest.raises(OrchardError, match="KV cache bits must be 4 or 8, got 3"):
         QuantizedKVCache(bits=3)
     cache = QuantizedKVCache(bits=8)
@@ -56,6 +79,8 @@ def test_make_cache_swaps_only_full_attention_layers():
     assert all(type(c) is KVCache for c in plain)
     quant = mlxmodels.make_cache(model, kv_bits=4)
     assert all(isinstance(c, QuantizedKVCache) and c.bits == 4 for c in quant)
+    halves = mlxmodels.make_cache(model, kv_bits=16)
+    assert all(type(c) is KVCache and c.dtype == mx.float16 for c in halves)
 
 
 def _decode_logits(model, cache, prompt, steps):
@@ -89,6 +114,25 @@ def test_quantized_cache_attention_runs_the_kernel_and_matches_builtin(monkeypat
     assert mx.abs(builtin - plain).max().item() < 1e-2 * (plain.max() - plain.min()).item()
 
 
+def test_float16_cache_decodes_through_the_native_attention_as_mlx_does(monkeypatch):
+    """Decode steps over a float16 cache: the native one-query attention (which widens the halves as
+    it reads them) against MLX's own attention over the same cache (ORCHARD_CPU_MATH=mlx: its fused
+    SDPA on the keys and values cast to float32), and both against a float32 cache."""
+    mx.random.seed(0)
+    model = build_model(TINY)
+    prompt = mx.array([3, 17, 99, 5, 42, 7], dtype=mx.int32)
+    native = _decode_logits(model, mlxmodels.make_cache(model, kv_bits=16), prompt, steps=3)
+    monkeypatch.setenv("ORCHARD_CPU_MATH", "mlx")
+    reference = _decode_logits(model, mlxmodels.make_cache(model, kv_bits=16), prompt, steps=3)
+    # The same float16 inputs widened exactly; every other op switches to MLX's too (norms, RoPE,
+    # matmuls), so float32 sums in other orders through two layers: ~1e-5 on logits spread over ~10.
+    assert mx.abs(native - reference).max().item() < 1e-4
+    plain = _decode_logits(model, mlxmodels.make_cache(model), prompt, steps=3)
+    # Keys and values rounded to float16 (2^-11 relative each) move these logits by ~1e-4 of their
+    # spread; 5e-4 of it is one float16 rounding's worth, which a wrong widening would far exceed.
+    assert mx.abs(native - plain).max().item() < 5e-4 * (plain.max() - plain.min()).item()
+
+
 def test_greedy_text_with_8bit_cache_matches_float_cache(default_model):
     model, tokenizer = default_model
     prompt = format_messages(tokenizer, [{"role": "user", "content": "Name three fruits."}])
@@ -100,15 +144,21 @@ def test_greedy_text_with_8bit_cache_matches_float_cache(default_model):
     assert stats8.tokens == stats.tokens, (text, text8)
 
 
-def test_orchard_run_kv_bits_uses_the_quantized_cache(capsys, monkeypatch, default_model):
+@pytest.mark.parametrize("bits", [8, 16])
+def test_orchard_run_kv_bits_uses_the_quantized_or_float16_cache(capsys, monkeypatch, default_model, bits):
     from app.main import main
 
-    calls = []
-    real = QuantizedKVCache.update_and_fetch
-    monkeypatch.setattr(QuantizedKVCache, "update_and_fetch", lambda self, k, v: calls.append(1) or real(self, k, v))
-    code = main(["run", "--temp", "0", "--max-tokens", "12", "-q", "--kv-bits", "8", "-p", "Name three fruits."])
-    out = capsys.readouterr().out
-    assert code == 0 and calls  # the flag really put a quantized cache under the model
+    stored = []
+    kind = QuantizedKVCache if bits == 8 else KVCache
+    real = kind.update_and_fetch
+    monkeypatch.setattr(kind, "update_and_fetch",
+                        lambda self, k, v: stored.append(getattr(self, "dtype", "packed")) or real(self, k, v))
+    code = main(["run", "--temp", "0", "--max-tokens", "12", "--kv-bits", str(bits), "-p", "Name three fruits."])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0 and "--kv-bits" not in captured.err  # no "changes nothing" note: it did
+    # The flag really put that cache under every layer of the model.
+    assert stored and all(d == ("packed" if bits == 8 else mx.float16) for d in stored)
     model, tokenizer = default_model
     prompt = format_messages(tokenizer, [{"role": "user", "content": "Name three fruits."}])
     text, _ = mlxmodels.generate(model, tokenizer, prompt, max_tokens=12, sampling=SamplingParams(temperature=0.0))
@@ -150,8 +200,9 @@ def test_orchard_run_notes_that_kv_bits_changes_nothing(capsys, tmp_path, defaul
 
     config = dict(TINY_LLAMA, model_type="mistral", sliding_window=8)  # every layer has the window
     tiny = make_tiny_model(tmp_path / "swa", config, tokenizer_from=default_model_dir)
-    code = main(["run", "-m", str(tiny), "--temp", "0", "--max-tokens", "2", "--kv-bits", "8", "-p", "hi"])
-    notes = [line for line in capsys.readouterr().err.splitlines() if "--kv-bits" in line]
-    assert code == 0
-    assert notes == ["orchard: note: --kv-bits 8 changes nothing: this model has no full-attention KV cache to "
-                     "quantize, only sliding-window attention (bounded by its window)"]
+    for bits, change in (("8", "quantize"), ("16", "store as float16")):
+        code = main(["run", "-m", str(tiny), "--temp", "0", "--max-tokens", "2", "--kv-bits", bits, "-p", "hi"])
+        notes = [line for line in capsys.readouterr().err.splitlines() if "--kv-bits" in line]
+        assert code == 0
+        assert notes == [f"orchard: note: --kv-bits {bits} changes nothing: this model has no full-attention KV "
+                         f"cache to {change}, only sliding-window attention (bounded by its window)"]

@@ -431,6 +431,22 @@ def test_bench_serve_against_a_running_server(tiny, capsys):
         assert message in err and "Traceback" not in err, err
 
 
+def test_bench_serve_passes_kv_bits_to_the_server_it_starts(capsys, monkeypatch):
+    from app import serve_bench
+    from app.main import main
+
+    commands = []
+    real = serve_bench._Process
+    monkeypatch.setattr(serve_bench, "_Process",
+                        lambda command, marker: commands.append(command) or real(command, marker))
+    args = ["bench", "serve", "-m", str(FIXTURES / "llama3-v5"), "-c", "1", "-n", "1", "-p", "8", "-g", "2"]
+    assert main([*args, "--kv-bits", "16", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kv_bits"] == 16 and result["engines"]["orchard"][0]["failed"] == 0
+    (command,) = commands
+    assert command[command.index("--kv-bits") + 1] == "16"
+
+
 def test_sigterm_drains_running_requests(smollm):
     """Last on the SmolLM2 server: SIGTERM with a stream running lets it finish, then exits 0."""
     body = {"model": "smollm2", "stream": True, "max_tokens": 24, "temperature": 0,
@@ -457,6 +473,8 @@ def test_sigterm_drains_running_requests(smollm):
     (["serve", "--port", "70000"], "--port must be in 0..65535"),
     (["serve", "--model", "/nonexistent/model", "--port", "0"], "/nonexistent/model: no such file or directory"),
     (["bench", "serve", "-p", "10", "--shared-prefix", "20"], "--shared-prefix (20) must be less than"),
+    (["bench", "serve", "--url", "http://127.0.0.1:1", "--kv-bits", "16"],
+     "--kv-bits is for the server bench serve starts"),
     (["chat", "--api-key", "k"], "--api-key goes with --server"),
     (["chat", "--server", "http://127.0.0.1:1", "--draft", "m"], "--draft loads a model here"),
 ])

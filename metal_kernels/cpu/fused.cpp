@@ -9,13 +9,20 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <typeinfo>
 #include <vector>
 
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "halves.h"
 #include "lanes.h"
+#include "primitive.h"
 #include "support.h"
 #include "threads.h"
 
@@ -251,8 +258,13 @@ inline float exp_poly(float x) {
 
 enum MaskKind : int { kNoMask = 0, kBoolMask = 1, kAdditiveMask = 2 };
 
+struct AttentionJob;
+using AttendFn = void (*)(const AttentionJob& j, int b, int kv_head);
+
 struct AttentionJob {
-  const float *q, *k, *v;
+  const float* q;
+  const void *k, *v;                       // float32, or float16 (both the same)
+  AttendFn attend;                         // the kernel for their type and this CPU
   int64_t q_batch, q_head;                 // strides of q [B, H, 1, D]
   int64_t k_batch, k_head, k_token;        // of k [B, H_kv, S, D]
   int64_t v_batch, v_head, v_token;        // of v [B, H_kv, S, Dv]
@@ -304,13 +316,68 @@ inline __attribute__((always_inline)) v16f exp16(v16f x) {
   return tiny ? zero : exp_in_range(x > 87.33f ? 87.33f : x);
 }
 
-// q . k over D floats: sixteen lanes at a time, then the tail.
-inline __attribute__((always_inline)) float dot_row(const float* q, const float* k, int D) {
+// Keys and values as the cache holds them: float32 as they are, or float16 (`kv_bits` 16: half the
+// bytes a decode step streams), widened as they are read. `load` gives sixteen as floats, `at` one.
+struct Float32KV {
+  using T = float;
+  static inline __attribute__((always_inline)) v16f load(const float* p) { return load16(p); }
+  static inline __attribute__((always_inline)) float at(const float* p) { return *p; }
+};
+
+// Any CPU: bit arithmetic, exact (subnormals, infinities and NaNs included), ~3x the cost per
+// element of the F16C instruction below.
+struct Float16KV {
+  using T = uint16_t;
+  static inline v16f load(const uint16_t* p) {
+    typedef uint16_t v16h __attribute__((vector_size(32)));
+    v16h h;
+    std::memcpy(&h, p, sizeof(h));
+    const v16i x = __builtin_convertvector(h, v16i);
+    const v16i magnitude = (x & 0x7FFF) << 13;  // exponent and mantissa where a float keeps them
+    v16f f;
+    std::memcpy(&f, &magnitude, sizeof(f));
+    f *= 0x1p112f;  // rebias the exponent; a half subnormal becomes the float it stands for
+    v16i bits;
+    std::memcpy(&bits, &f, sizeof(bits));
+    bits = magnitude >= (0x7C00 << 13) ? (magnitude | 0x7F800000) : bits;  // infinities, NaNs
+    bits |= (x & 0x8000) << 16;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  }
+  static inline float at(const uint16_t* p) { return half_to_float(*p); }
+};
+
+#if defined(__x86_64__)
+// One instruction per sixteen (AVX-512F) or eight (F16C) values. Inlined only into the kernels built
+// for those targets (attend_f16_* below).
+struct Float16KVAvx512 : Float16KV {
+  static inline __attribute__((target("avx512f"))) v16f load(const uint16_t* p) {
+    const __m512 wide = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    v16f v;
+    std::memcpy(&v, &wide, sizeof(v));
+    return v;
+  }
+};
+
+struct Float16KVF16C : Float16KV {
+  static inline __attribute__((target("avx,f16c"))) v16f load(const uint16_t* p) {
+    const __m256 halves[2] = {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+                              _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
+    v16f v;
+    std::memcpy(&v, halves, sizeof(v));
+    return v;
+  }
+};
+#endif
+
+// q . k over D values: sixteen lanes at a time, then the tail.
+template <class KV>
+inline float dot_row(const float* q, const typename KV::T* k, int D) {
   v16f acc = {};
   int i = 0;
-  for (; i + 16 <= D; i += 16) acc += load16(q + i) * load16(k + i);
+  for (; i + 16 <= D; i += 16) acc += load16(q + i) * KV::load(k + i);
   float dot = hsum16(acc);
-  for (; i < D; i++) dot += q[i] * k[i];
+  for (; i < D; i++) dot += q[i] * KV::at(k + i);
   return dot;
 }
 
@@ -344,14 +411,13 @@ inline __attribute__((always_inline)) void score16(const float* q, const float* 
 // out[g][i, i + 64) = inverse[g] * sum over t of weights[g][t] * values[t][i, i + 64), for G query
 // heads at once: each value vector is loaded once for all G, and the 4 G accumulators are
 // independent chains (one head's four would wait on the FMA latency).
-template <int G>
-inline __attribute__((always_inline)) void weigh64(const float* const* weights, const float* values,
-                                                   int64_t v_token, int first, int last, int i,
-                                                   const float* inverse, float* const* out) {
+template <class KV, int G>
+inline void weigh64(const float* const* weights, const typename KV::T* values, int64_t v_token, int first,
+                    int last, int i, const float* inverse, float* const* out) {
   v16f acc[G][4] = {};
   for (int t = first; t < last; t++) {
-    const float* value = values + t * v_token + i;
-    const v16f v0 = load16(value), v1 = load16(value + 16), v2 = load16(value + 32), v3 = load16(value + 48);
+    const typename KV::T* value = values + t * v_token + i;
+    const v16f v0 = KV::load(value), v1 = KV::load(value + 16), v2 = KV::load(value + 32), v3 = KV::load(value + 48);
     for (int g = 0; g < G; g++) {
       const float w = weights[g][t];
       acc[g][0] += w * v0;
@@ -365,16 +431,28 @@ inline __attribute__((always_inline)) void weigh64(const float* const* weights, 
   }
 }
 
-// One KV head of one batch row: its `groups` query heads read each visible key once.
-ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
-  const int groups = j.H / j.kv_heads, S = j.S, D = j.D, Dv = j.Dv;
+// This thread's buffer of at least `floats` floats (kept out of line: the kernels inline all else).
+__attribute__((noinline)) float* attention_scratch(size_t floats) {
   thread_local std::vector<float> scratch;
-  // Each head's scores, padded to whole blocks of sixteen keys.
+  if (scratch.size() < floats) scratch.resize(floats);
+  return scratch.data();
+}
+
+// One KV head of one batch row: its `groups` query heads read each visible key once. Instantiated
+// in the attend_* functions below, which inline all of it for their instruction set.
+template <class KV>
+inline void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
+  using T = typename KV::T;
+  const int groups = j.H / j.kv_heads, S = j.S, D = j.D, Dv = j.Dv;
+  // Each head's scores, padded to whole blocks of sixteen keys; then, for float16 keys, a block of
+  // sixteen keys widened once for all the heads that read it.
   const int stride = (S + 15) / 16 * 16;
-  if (scratch.size() < static_cast<size_t>(groups) * stride) scratch.resize(static_cast<size_t>(groups) * stride);
-  float* scores = scratch.data();
-  const float* keys = j.k + b * j.k_batch + kv_head * j.k_head;
-  const float* values = j.v + b * j.v_batch + kv_head * j.v_head;
+  constexpr bool widen_keys = !std::is_same_v<T, float>;
+  float* scores = attention_scratch(static_cast<size_t>(groups) * stride + (widen_keys ? 16 * D : 0));
+  float* widened = scores + static_cast<size_t>(groups) * stride;
+  const T* keys = static_cast<const T*>(j.k) + b * j.k_batch + kv_head * j.k_head;
+  const T* values = static_cast<const T*>(j.v) + b * j.v_batch + kv_head * j.v_head;
+  constexpr int kLine = 64 / sizeof(T);  // values per cache line
   const float* queries = j.q + b * j.q_batch;
   const int first_head = kv_head * groups;
   const float minus_infinity = -std::numeric_limits<float>::infinity();
@@ -386,21 +464,34 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
   int s = first;
   if (D % 16 == 0) {
     for (; s + 16 <= last; s += 16) {
-      const float* block = keys + s * j.k_token;
+      const T* block = keys + s * j.k_token;
       for (int t = 0; t < 16; t++) {
         if (s + 16 + t < last) {
-          for (int i = 0; i < D; i += 16) __builtin_prefetch(block + (16 + t) * j.k_token + i);
+          for (int i = 0; i < D; i += kLine) __builtin_prefetch(block + (16 + t) * j.k_token + i);
         }
-        for (int i = 0; i < Dv; i += 16) __builtin_prefetch(values + (s + t) * j.v_token + i);
+        for (int i = 0; i < Dv; i += kLine) __builtin_prefetch(values + (s + t) * j.v_token + i);
+      }
+      const float* read;  // the block's keys as floats, k_token apart
+      int64_t k_token;
+      if constexpr (widen_keys) {
+        for (int t = 0; t < 16; t++) {
+          for (int i = 0; i < D; i += 16) store16(widened + t * D + i, KV::load(block + t * j.k_token + i));
+        }
+        read = widened;
+        k_token = D;
+      } else {
+        read = block;
+        k_token = j.k_token;
       }
       for (int g = 0; g < groups; g++) {
-        score16(queries + (first_head + g) * j.q_head, block, j.k_token, D, j.scale, scores + g * stride + s);
+        score16(queries + (first_head + g) * j.q_head, read, k_token, D, j.scale, scores + g * stride + s);
       }
     }
   }
   for (; s < last; s++) {
     for (int g = 0; g < groups; g++) {
-      scores[g * stride + s] = dot_row(queries + (first_head + g) * j.q_head, keys + s * j.k_token, D) * j.scale;
+      scores[g * stride + s] =
+          dot_row<KV>(queries + (first_head + g) * j.q_head, keys + s * j.k_token, D) * j.scale;
     }
   }
   if (j.mask_kind != kNoMask) {
@@ -453,11 +544,13 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
     int i = 0;
     for (; i + 64 <= Dv; i += 64) {
       int g = 0;
-      for (; g + 4 <= count; g += 4) weigh64<4>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g);
+      for (; g + 4 <= count; g += 4) {
+        weigh64<KV, 4>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g);
+      }
       switch (count - g) {
-        case 3: weigh64<3>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g); break;
-        case 2: weigh64<2>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g); break;
-        case 1: weigh64<1>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g); break;
+        case 3: weigh64<KV, 3>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g); break;
+        case 2: weigh64<KV, 2>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g); break;
+        case 1: weigh64<KV, 1>(weights + g, values, j.v_token, first, last, i, inverse + g, outs + g); break;
         default: break;
       }
     }
@@ -467,21 +560,54 @@ ORCHARD_CLONES void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
       int k = i;
       for (; k + 16 <= Dv; k += 16) {
         v16f a = {};
-        for (int t = first; t < last; t++) a += row[t] * load16(values + t * j.v_token + k);
+        for (int t = first; t < last; t++) a += row[t] * KV::load(values + t * j.v_token + k);
         store16(out + k, a * inverse[g]);
       }
       for (; k < Dv; k++) {
         float a = 0.0f;
-        for (int t = first; t < last; t++) a += row[t] * values[t * j.v_token + k];
+        for (int t = first; t < last; t++) a += row[t] * KV::at(values + t * j.v_token + k);
         out[k] = a * inverse[g];
       }
     }
   }
 }
 
+// The kernels, each with everything inlined for its target. Float32 keys and values: one function
+// cloned per instruction set. Float16 ones: the widening instruction is target-specific, so one
+// function per target (a target_clones clone could not inline another target's instruction).
+ORCHARD_CLONES __attribute__((flatten)) void attend_f32(const AttentionJob& j, int b, int kv_head) {
+  attend_kv_head<Float32KV>(j, b, kv_head);
+}
+
+__attribute__((flatten)) void attend_f16_portable(const AttentionJob& j, int b, int kv_head) {
+  attend_kv_head<Float16KV>(j, b, kv_head);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"), flatten)) void attend_f16_avx512(const AttentionJob& j, int b, int kv_head) {
+  attend_kv_head<Float16KVAvx512>(j, b, kv_head);
+}
+
+__attribute__((target("avx2,fma,f16c"), flatten)) void attend_f16_avx2(const AttentionJob& j, int b, int kv_head) {
+  attend_kv_head<Float16KVF16C>(j, b, kv_head);
+}
+#endif
+
+// The float16 widening follows the matmul's instruction-set variant, which was chosen for this CPU
+// (and which `set_variant` switches, so tests reach every widening on one machine).
+AttendFn attend_for(bool float16) {
+  if (!float16) return attend_f32;
+#if defined(__x86_64__)
+  const std::string variant = variant_name();
+  if (variant == "avx512") return attend_f16_avx512;
+  if (variant == "avx2") return attend_f16_avx2;
+#endif
+  return attend_f16_portable;
+}
+
 void attention_task(void* context, int task) {
   const AttentionJob& job = *static_cast<const AttentionJob*>(context);
-  attend_kv_head(job, task / job.kv_heads, task % job.kv_heads);
+  job.attend(job, task / job.kv_heads, task % job.kv_heads);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -642,8 +768,9 @@ class FusedDecodeAttention : public FusedPrimitive {
       const mx::array &q = in[0], &k = in[1], &v = in[2];
       AttentionJob j{};
       j.q = q.data<float>();
-      j.k = k.data<float>();
-      j.v = v.data<float>();
+      j.k = k.data<void>();
+      j.v = v.data<void>();
+      j.attend = attend_for(k.dtype() == mx::float16);
       j.q_batch = q.strides()[0], j.q_head = q.strides()[1];
       j.k_batch = k.strides()[0], j.k_head = k.strides()[1], j.k_token = k.strides()[2];
       j.v_batch = v.strides()[0], j.v_head = v.strides()[1], j.v_token = v.strides()[2];
@@ -800,8 +927,9 @@ mx::array decode_attention(const mx::array& q, const mx::array& k, const mx::arr
                            mx::StreamOrDevice s) {
   const char* op = "decode_attention";
   require_float32(op, "q", q);
-  require_float32(op, "k", k);
-  require_float32(op, "v", v);
+  if ((k.dtype() != mx::float32 && k.dtype() != mx::float16) || v.dtype() != k.dtype()) {
+    invalid(op, "k and v must both be float32 or both float16");
+  }
   if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4 || q.shape(2) != 1) {
     invalid(op, "q must be [B, H, 1, D] and k, v [B, H_kv, S, D], got " + shape_string(q) + ", " + shape_string(k) +
                     ", " + shape_string(v));

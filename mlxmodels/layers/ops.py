@@ -57,6 +57,10 @@ def argmax(x: mx.array) -> mx.array:
     return mx.argmax(x, axis=-1)
 
 
+# Key and value dtypes the native one-query attention reads (float16: widened as it reads them).
+_NATIVE_KV = (mx.float32, mx.float16)
+
+
 def _decode_mask_fits(mask, batch: int, keys: int) -> bool:
     """Whether the native one-query attention takes `mask`: none, or bool/float32 broadcasting to
     [B, 1, 1, S] (a single sequence's or a batch's per-row mask)."""
@@ -73,10 +77,12 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None, so
     (grouped-query when H_kv < H). `mask`: None, "causal", or a boolean/additive array that
     broadcasts to the scores (a batch's per-row [B, 1, L, S] included); `softcap`: Gemma 2's tanh
     cap on the scores; `sinks`: gpt-oss's per-head sink logits."""
-    if (q.shape[2] == 1 and softcap is None and _fused(q) and k.dtype == v.dtype == mx.float32
+    if (q.shape[2] == 1 and softcap is None and _fused(q) and k.dtype == v.dtype and k.dtype in _NATIVE_KV
             and _decode_mask_fits(mask, q.shape[0], k.shape[2])
             and (sinks is None or sinks.dtype == mx.float32)):
         return native.module().decode_attention(q, k, v, scale, None if isinstance(mask, str) else mask, sinks)
+    if k.dtype != q.dtype:  # a float16 cache (kv_bits 16) under float32 queries, off the native path
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
     if cpu_math.enabled(q):
         softmax = native.module().softmax if native_enabled() else None
         return cpu_math.attention(q, k, v, scale, mask, softcap, sinks, softmax)
