@@ -136,6 +136,41 @@ def test_decode_attention_matches_mlx(ops, B, H, H_kv, S, D, kv_dtype):
     assert _max_diff(got, reference(q, k, v, scale=0.125, sinks=sinks)) < TOL
 
 
+@pytest.fixture
+def two_threads(ops):
+    before = ops.threads()
+    native_cpu.set_threads(2)
+    yield
+    native_cpu.set_threads(before)
+
+
+# Few (row, KV head) pairs for two threads over many keys: each pair's keys are split in chunks
+# (flash-decoding) whose partial softmaxes are combined after: 4 chunks of one KV head, 2 of three KV
+# heads, 2 per row with a 257th key alone in its block.
+@pytest.mark.parametrize("B,H,H_kv,S,D", [(1, 4, 1, 700, 64), (1, 9, 3, 300, 64), (2, 2, 1, 257, 32)])
+@pytest.mark.parametrize("kv_dtype", [mx.float32, mx.float16])
+def test_decode_attention_splits_long_keys_over_threads(ops, two_threads, B, H, H_kv, S, D, kv_dtype):
+    q = mx.random.normal((B, H, 1, D), key=mx.random.key(S))
+    k = (mx.random.normal((B, H_kv, S, D), key=mx.random.key(1)) * 2).astype(kv_dtype)
+    v = mx.random.normal((B, H_kv, S, D), key=mx.random.key(2)).astype(kv_dtype)
+
+    def reference(**kwargs):
+        return mx.fast.scaled_dot_product_attention(q, k.astype(mx.float32), v.astype(mx.float32), scale=0.125,
+                                                    **kwargs)
+
+    assert _max_diff(ops.decode_attention(q, k, v, 0.125), reference()) < TOL
+    # Keys visible only in the first chunk (the others' partials weigh nothing), then scattered.
+    early = (mx.arange(S) < 40).reshape(1, 1, 1, S)
+    assert _max_diff(ops.decode_attention(q, k, v, 0.125, early), reference(mask=early)) < TOL
+    scattered = mx.random.uniform(shape=(B, 1, 1, S), key=mx.random.key(3)) > 0.5
+    assert _max_diff(ops.decode_attention(q, k, v, 0.125, scattered), reference(mask=scattered)) < TOL
+    sinks = mx.random.normal((H,), key=mx.random.key(4)) * 3
+    assert _max_diff(ops.decode_attention(q, k, v, 0.125, None, sinks), reference(sinks=sinks)) < TOL
+    additive = mx.random.normal((S,), key=mx.random.key(5))
+    got = ops.decode_attention(q, k, v, 0.125, additive, sinks)
+    assert _max_diff(got, reference(mask=additive, sinks=sinks)) < TOL
+
+
 @pytest.mark.parametrize("additive", [False, True])
 def test_decode_attention_skips_a_rows_padding(ops, additive):
     """A batch cache pads shorter rows to the longest (masked on the left, and on the right after a

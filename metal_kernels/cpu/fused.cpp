@@ -259,7 +259,7 @@ inline float exp_poly(float x) {
 enum MaskKind : int { kNoMask = 0, kBoolMask = 1, kAdditiveMask = 2 };
 
 struct AttentionJob;
-using AttendFn = void (*)(const AttentionJob& j, int b, int kv_head);
+using AttendFn = void (*)(const AttentionJob& j, int b, int kv_head, int chunk);
 
 struct AttentionJob {
   const float* q;
@@ -275,6 +275,11 @@ struct AttentionJob {
   int64_t mask_batch, mask_token;          // 0 where the mask broadcasts
   const float* sinks;                      // nullptr: none
   float* out;                              // [B, H, 1, Dv]
+  // Keys split in `chunks` of `chunk_keys` per (row, KV head), each a task of its own: per (row, head,
+  // chunk) `partial` holds its scores' maximum, its sum of weights and its weighted values, combined
+  // after (combine_chunks). One chunk: the task writes `out` itself.
+  int chunks, chunk_keys;
+  float* partial;
 };
 
 // A register tree: a loop's `omp simd` reduction ends in sixteen dependent scalar adds through memory.
@@ -441,7 +446,7 @@ __attribute__((noinline)) float* attention_scratch(size_t floats) {
 // One KV head of one batch row: its `groups` query heads read each visible key once. Instantiated
 // in the attend_* functions below, which inline all of it for their instruction set.
 template <class KV>
-inline void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
+inline void attend_kv_head(const AttentionJob& j, int b, int kv_head, int chunk) {
   using T = typename KV::T;
   const int groups = j.H / j.kv_heads, S = j.S, D = j.D, Dv = j.Dv;
   // Each head's scores, padded to whole blocks of sixteen keys; then, for float16 keys, a block of
@@ -458,6 +463,11 @@ inline void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
   const float minus_infinity = -std::numeric_limits<float>::infinity();
   int first, last;  // columns outside [first, last) weigh exactly zero: nothing below touches them
   visible_span(j, b, first, last);
+  const bool partial = j.chunks > 1;
+  if (partial) {  // this task's share of the keys
+    first = std::max(first, chunk * j.chunk_keys);
+    last = std::max(first, std::min(last, (chunk + 1) * j.chunk_keys));
+  }
   // Keys and values stream from memory once per step (a batch's cache is larger than the caches):
   // each block of keys asks ahead for the next block's keys, and for its own values, which the
   // weighted sums read later.
@@ -517,7 +527,7 @@ inline void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
       const int h = first_head + g0 + g;
       float* row = scores + (g0 + g) * stride;
       float top = row_max(row + first, last - first);
-      if (j.sinks) top = j.sinks[h] > top ? j.sinks[h] : top;
+      if (j.sinks && !partial) top = j.sinks[h] > top ? j.sinks[h] : top;
       // Masked scores (-inf) weigh exactly zero, also when the whole row is masked (top = -inf).
       float total = 0.0f;
       int t = first;
@@ -535,10 +545,18 @@ inline void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
         row[t] = e;
         total += e;
       }
+      weights[g] = row;
+      if (partial) {  // unnormalised, with what the combination needs (sinks are added there)
+        float* slot = j.partial + ((static_cast<int64_t>(b) * j.H + h) * j.chunks + chunk) * (Dv + 2);
+        slot[0] = top;
+        slot[1] = total;
+        inverse[g] = 1.0f;
+        outs[g] = slot + 2;
+        continue;
+      }
       if (j.sinks) total += exp_poly(j.sinks[h] - top);
       // Weighted values, normalised once at the end.
       inverse[g] = 1.0f / total;
-      weights[g] = row;
       outs[g] = j.out + (static_cast<int64_t>(b) * j.H + h) * Dv;
     }
     int i = 0;
@@ -575,21 +593,23 @@ inline void attend_kv_head(const AttentionJob& j, int b, int kv_head) {
 // The kernels, each with everything inlined for its target. Float32 keys and values: one function
 // cloned per instruction set. Float16 ones: the widening instruction is target-specific, so one
 // function per target (a target_clones clone could not inline another target's instruction).
-ORCHARD_CLONES __attribute__((flatten)) void attend_f32(const AttentionJob& j, int b, int kv_head) {
-  attend_kv_head<Float32KV>(j, b, kv_head);
+ORCHARD_CLONES __attribute__((flatten)) void attend_f32(const AttentionJob& j, int b, int kv_head, int chunk) {
+  attend_kv_head<Float32KV>(j, b, kv_head, chunk);
 }
 
-__attribute__((flatten)) void attend_f16_portable(const AttentionJob& j, int b, int kv_head) {
-  attend_kv_head<Float16KV>(j, b, kv_head);
+__attribute__((flatten)) void attend_f16_portable(const AttentionJob& j, int b, int kv_head, int chunk) {
+  attend_kv_head<Float16KV>(j, b, kv_head, chunk);
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f"), flatten)) void attend_f16_avx512(const AttentionJob& j, int b, int kv_head) {
-  attend_kv_head<Float16KVAvx512>(j, b, kv_head);
+__attribute__((target("avx512f"), flatten)) void attend_f16_avx512(const AttentionJob& j, int b, int kv_head,
+                                                                   int chunk) {
+  attend_kv_head<Float16KVAvx512>(j, b, kv_head, chunk);
 }
 
-__attribute__((target("avx2,fma,f16c"), flatten)) void attend_f16_avx2(const AttentionJob& j, int b, int kv_head) {
-  attend_kv_head<Float16KVF16C>(j, b, kv_head);
+__attribute__((target("avx2,fma,f16c"), flatten)) void attend_f16_avx2(const AttentionJob& j, int b, int kv_head,
+                                                                       int chunk) {
+  attend_kv_head<Float16KVF16C>(j, b, kv_head, chunk);
 }
 #endif
 
@@ -607,7 +627,34 @@ AttendFn attend_for(bool float16) {
 
 void attention_task(void* context, int task) {
   const AttentionJob& job = *static_cast<const AttentionJob*>(context);
-  job.attend(job, task / job.kv_heads, task % job.kv_heads);
+  const int unit = task / job.chunks;
+  job.attend(job, unit / job.kv_heads, unit % job.kv_heads, task % job.chunks);
+}
+
+// Each head's output from its chunks' partial results: every chunk's sum of weights and weighted
+// values rescaled from the chunk's own maximum score to the overall one (and the sink's weight, which
+// no chunk counted). A chunk with no visible key (maximum -inf) weighs nothing.
+void combine_chunks(const AttentionJob& j) {
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  const int Dv = j.Dv, slot = Dv + 2;
+  for (int64_t row = 0; row < static_cast<int64_t>(j.B) * j.H; row++) {
+    const float* part = j.partial + row * j.chunks * slot;
+    const int h = static_cast<int>(row % j.H);
+    float top = j.sinks ? j.sinks[h] : minus_infinity;
+    for (int c = 0; c < j.chunks; c++) top = std::max(top, part[c * slot]);
+    float total = j.sinks ? exp_poly(j.sinks[h] - top) : 0.0f;
+    float* out = j.out + row * Dv;
+    std::fill(out, out + Dv, 0.0f);
+    for (int c = 0; c < j.chunks; c++) {
+      const float* chunk = part + c * slot;
+      if (chunk[0] == minus_infinity) continue;
+      const float weight = exp_poly(chunk[0] - top);
+      total += weight * chunk[1];
+      for (int d = 0; d < Dv; d++) out[d] += weight * chunk[2 + d];
+    }
+    const float inverse = 1.0f / total;
+    for (int d = 0; d < Dv; d++) out[d] *= inverse;
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -754,6 +801,8 @@ class FusedGatedActivation : public SettingPrimitive {  // the setting: the acti
 
 // Work (multiply-adds) below which one attention runs on the calling thread alone.
 constexpr int64_t kParallelWork = 1 << 15;
+// The fewest keys a chunk of a split (row, KV head) takes: its combination costs ~Dv per head.
+constexpr int kMinChunkKeys = 128;
 
 class FusedDecodeAttention : public FusedPrimitive {
  public:
@@ -788,14 +837,29 @@ class FusedDecodeAttention : public FusedPrimitive {
       }
       j.sinks = sinks ? in[next].data<float>() : nullptr;
       j.out = y.data<float>();
-      const int tasks = j.B * j.kv_heads;
+      const int units = j.B * j.kv_heads;  // (row, KV head) pairs
+      const bool parallel = static_cast<int64_t>(j.B) * j.H * j.S * (j.D + j.Dv) >= kParallelWork;
+      const int threads = ThreadPool::shared().size();
+      j.chunks = 1;
+      std::vector<float> partial;
+      if (parallel && threads > 1 && units < 2 * threads && j.S >= 2 * kMinChunkKeys) {
+        // Too few pairs to keep the threads busy (one sequence over few KV heads: Gemma 3 has one):
+        // their keys are split in chunks, as flash-decoding does, and combined after.
+        const int chunks = std::min((2 * threads + units - 1) / units, j.S / kMinChunkKeys);
+        j.chunk_keys = ((j.S + chunks - 1) / chunks + 15) / 16 * 16;  // whole blocks of sixteen keys
+        j.chunks = (j.S + j.chunk_keys - 1) / j.chunk_keys;
+        partial.resize(static_cast<size_t>(j.B) * j.H * j.chunks * (j.Dv + 2));
+        j.partial = partial.data();
+      }
+      const int tasks = units * j.chunks;
       if (j.S == 0) {
         std::memset(j.out, 0, y.nbytes());
-      } else if (static_cast<int64_t>(j.B) * j.H * j.S * (j.D + j.Dv) < kParallelWork || tasks < 2) {
+      } else if (!parallel || tasks < 2) {
         for (int t = 0; t < tasks; t++) attention_task(&j, t);
       } else {
         ThreadPool::shared().run(tasks, attention_task, &j);
       }
+      if (j.chunks > 1) combine_chunks(j);
     });
   }
 
