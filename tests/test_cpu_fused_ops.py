@@ -212,8 +212,9 @@ def widening(request):
 
 def test_decode_attention_widens_every_float16_exactly(ops, widening):
     """With one key per head the weight is exactly 1: the output is that value row, so every float16
-    (subnormals, 65504, infinities, NaN) must come out as the float32 it stands for. Sixteen keys of
-    equal score (the 16-key blocks) and D = 40 (16-wide loops and a tail) check the rest of the paths."""
+    (subnormals, 65504, infinities, NaN) must come out as the float32 it stands for. Then keys and values
+    against MLX's attention: 37 keys of D = 40 (16-key blocks, a key tail, 16-wide loops and a D tail),
+    and 48 keys of D = 64 (the four-heads-at-once weighted sums)."""
     values = np.array(SPECIAL_HALVES * 3, dtype=np.uint16).view(np.float16).reshape(1, 1, 1, 48)
     q = mx.ones((1, 2, 1, 48))
     got = np.array(ops.decode_attention(q, mx.zeros((1, 1, 1, 48), mx.float16), mx.array(values), 0.125))
