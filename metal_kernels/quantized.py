@@ -36,16 +36,17 @@ SLOW_DEQUANT_BITS = (3, 5, 6)
 SLOW_DEQUANT_MIN_ROWS = 128
 # Rows up to which the native matmul beats the native dequantize + GEMM: the crossover grows with
 # the matrix, as a large one's float32 copy no longer stays in cache (measured per shape in
-# docs/performance.md, "Native quantized matmul"; moved up when the op gained its multi-row float path).
+# docs/performance.md, "Native quantized matmul"; moved up as the op's multi-row float path got faster:
+# at least 64 rows since "Serving", run 9).
 NATIVE_ROWS_PER_4M_WEIGHTS = 20
-NATIVE_MAX_ROWS = (16, 128)  # bounds of that rule
+NATIVE_MAX_ROWS = (64, 128)  # bounds of that rule
 
 calls: Counter = Counter()  # implementation -> calls, for benchmarks
 
 
 def native_max_rows(weights: int) -> int:
     """The most rows the native matmul takes for a matrix of `weights` elements (the rule above:
-    16 at 1M weights, 20 at 4M, 80 at 16M)."""
+    64 up to 13M weights, 80 at 16M, 128 from 26M)."""
     low, high = NATIVE_MAX_ROWS
     return max(low, min(high, weights * NATIVE_ROWS_PER_4M_WEIGHTS >> 22))
 

@@ -236,7 +236,7 @@ def test_op_layer_picks_native_for_few_rows_and_a_gemm_for_many(monkeypatch):
     monkeypatch.delenv("ORCHARD_KERNELS", raising=False)
     small, large = 576 * 1536, 8192 * 2048  # SmolLM2's MLP, a 1B model's
     top = quantized.native_max_rows(small)
-    assert top == 16 and quantized.native_max_rows(large) == 80  # the measured crossovers
+    assert top == 64 and quantized.native_max_rows(large) == 80  # the measured crossovers
     assert quantized.choose(1, small, 4, 64) == quantized.choose(top, small, 4, 64) == "native"
     assert quantized.choose(top + 1, small, 4, 64) == "dequantize"
     assert quantized.choose(top + 1, large, 4, 64) == "native"
