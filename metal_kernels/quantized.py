@@ -46,7 +46,7 @@ calls: Counter = Counter()  # implementation -> calls, for benchmarks
 
 def native_max_rows(weights: int) -> int:
     """The most rows the native matmul takes for a matrix of `weights` elements (the rule above:
-    64 up to 13M weights, 80 at 16M, 128 from 26M)."""
+    64 up to 13M weights, 80 at 16M, 128 from 27M)."""
     low, high = NATIVE_MAX_ROWS
     return max(low, min(high, weights * NATIVE_ROWS_PER_4M_WEIGHTS >> 22))
 
