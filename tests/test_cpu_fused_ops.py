@@ -278,6 +278,57 @@ def test_gated_activation_reads_the_halves_of_a_joined_projection(ops):
     assert _max_diff(ops.gated_activation(gate, up, 0), nn.silu(gate) * up) < TOL
 
 
+def test_gated_activation_takes_a_joined_projection_whole(ops):
+    """With no `up`, the last axis is [gate | up]: the MLP's joined projection needs no split."""
+    joined = mx.random.normal((2, 3, 64), key=mx.random.key(15)) * 3
+    gate, up = mx.split(joined, 2, axis=-1)
+    assert ops.gated_activation(joined, None, 0).shape == (2, 3, 32)
+    assert _max_diff(ops.gated_activation(joined, None, 0), nn.silu(gate) * up) < TOL * 10
+    assert _max_diff(ops.gated_activation(joined, None, 1), nn.gelu_approx(gate) * up) < TOL * 10
+    with pytest.raises(ValueError, match="even last axis"):
+        ops.gated_activation(mx.zeros((2, 7)), None, 0)
+
+
+def _heads_by_mlx(x, heads, kv_heads, offsets, dims, traditional):
+    """The general path rotated_heads replaces: split, heads first, mx.fast.rope per row."""
+    B, L, width = x.shape
+    D = width // (heads + 2 * kv_heads)
+    q, k, v = mx.split(x, [heads * D, (heads + kv_heads) * D], axis=-1)
+    q, k, v = (t.reshape(B, L, n, D).transpose(0, 2, 1, 3) for t, n in ((q, heads), (k, kv_heads), (v, kv_heads)))
+
+    def rope(t):
+        return mx.concatenate([mx.fast.rope(t[i : i + 1], dims, traditional=traditional, base=10000.0, scale=1.0,
+                                            offset=offsets[i if len(offsets) > 1 else 0]) for i in range(B)])
+
+    return rope(q), rope(k), v
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("dims", [64, 32])  # 32 of 64: partial rotary, the rest copied
+@pytest.mark.parametrize("L, offsets", [(1, [9]), (1, [0, 40, 7]), (5, [3]), (4, [2, 30, 11])])
+def test_rotated_heads_match_split_and_mlx_fast_rope(ops, traditional, dims, L, offsets):
+    B = 3
+    x = mx.random.normal((B, L, (9 + 2 * 3) * 64), key=mx.random.key(16))
+    cos, sin = _tables(dims, 64, traditional)
+    got = ops.rotated_heads(x, cos, sin, mx.array(offsets, mx.int32), 9, 3, dims, traditional)
+    want = _heads_by_mlx(x, 9, 3, offsets, dims, traditional)
+    assert [t.shape for t in got] == [(B, 9, L, 64), (B, 3, L, 64), (B, 3, L, 64)]
+    assert _max_diff(got[0], want[0]) < TOL and _max_diff(got[1], want[1]) < TOL
+    assert _max_diff(got[2], want[2]) == 0.0  # v is copied
+
+
+def test_rotated_heads_checks_its_inputs(ops):
+    cos, sin = _tables(8, 4, False)
+    with pytest.raises(ValueError, match=r"\[B, L, \(heads \+ 2 kv_heads\) D\]"):
+        ops.rotated_heads(mx.zeros((1, 1, 30)), cos, sin, mx.array([0], mx.int32), 2, 1, 8, False)
+    with pytest.raises(ValueError, match="offsets"):
+        ops.rotated_heads(mx.zeros((2, 1, 32)), cos, sin, mx.array([0, 1, 2], mx.int32), 2, 1, 8, False)
+    # Past the tables: q and k NaN (a sizing mistake made loud), v still copied.
+    x = mx.ones((1, 1, 32))
+    q, k, v = (np.array(t) for t in ops.rotated_heads(x, cos, sin, mx.array([4], mx.int32), 2, 1, 8, False))
+    assert np.all(np.isnan(q)) and np.all(np.isnan(k)) and np.all(v == 1.0)
+
+
 def test_joined_projections_compute_what_the_separate_ones_do(tmp_path):
     """A 4-bit llama-family fixture loaded under each CPU weight policy: the native op's and the fp32
     copies' layouts join q/k/v and gate/up; logits match MLX's own quantized kernels on the unjoined
@@ -305,3 +356,10 @@ def test_joined_projections_compute_what_the_separate_ones_do(tmp_path):
         assert "gate_up_proj" in layer.mlp and "gate_proj" not in layer.mlp
         got = np.array(joined(ids))
         assert np.max(np.abs(got - want)) < 1e-4 * max(1.0, float(np.max(np.abs(want)))), policy
+        # Decoding token by token: the joined layers make their heads in one op (`rotated_heads`).
+        reference_cache, cache = reference.make_cache(), joined.make_cache()
+        reference(ids, reference_cache), joined(ids, cache)
+        for token in (4, 11, 6):
+            step = mx.array([[token]])
+            want_step, got_step = np.array(reference(step, reference_cache)), np.array(joined(step, cache))
+            assert np.max(np.abs(got_step - want_step)) < 1e-4 * max(1.0, float(np.max(np.abs(want_step)))), policy

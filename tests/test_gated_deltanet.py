@@ -98,7 +98,9 @@ def test_prefill_matches_token_by_token(fused, value_heads, length):
     whole = SSMCache()
     assert_close(mixer(x, whole), expected, f"prefill of {length}")
     assert_close(whole.ssm, stepped.ssm, "final state")
-    assert_close(whole.conv, stepped.conv, "conv window", 0)
+    # The window holds projected inputs: one product of all the rows against one per token, which a
+    # BLAS may round differently by row count (seen: 3.6e-7 of 2.1 on an AMD EPYC), so not exactly.
+    assert_close(whole.conv, stepped.conv, "conv window")
     assert whole.offset == stepped.offset == length
 
 

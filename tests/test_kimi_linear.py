@@ -110,7 +110,9 @@ def test_kda_chunked_prefill_matches_its_decode(length, prefix):
     steps = [layer(x[:, t : t + 1], stepped) for t in range(prefix + length)]
     assert_close(out, mx.concatenate(steps[prefix:], axis=1), f"KDA output, {prefix} + {length} tokens")
     assert_close(chunked.ssm, stepped.ssm, "final recurrent state")
-    assert_close(chunked.conv, stepped.conv, "conv window", 0)
+    # Projected inputs: a product of all the rows against one per token, which a BLAS may round
+    # differently by row count (seen: 2-5e-7 of ~2 on an AMD EPYC), so not exactly.
+    assert_close(chunked.conv, stepped.conv, "conv window")
     assert chunked.offset == stepped.offset == prefix + length
     assert chunked.ssm.dtype == mx.float32 and chunked.ssm.shape == (2, 2, 16, 16)
     assert chunked.conv.shape == (2, 3, 3 * 32)  # the q, k and v windows side by side

@@ -35,8 +35,12 @@ NB_MODULE(_qmm, m) {
         "softmax(q k^T * scale + mask) v for one query per head, grouped-query heads sharing KV heads.");
   m.def("softmax", &orchard_qmm::softmax, "x"_a, "key_offset"_a = -1, nb::kw_only(), "stream"_a = nb::none(),
         "softmax over the last axis; key_offset >= 0: causal [..., L, S] scores, row l seeing keys <= l + key_offset.");
-  m.def("gated_activation", &orchard_qmm::gated_activation, "gate"_a, "up"_a, "activation"_a, nb::kw_only(),
-        "stream"_a = nb::none(), "act(gate) * up; activation 0: silu, 1: tanh-approximated gelu.");
+  m.def("gated_activation", &orchard_qmm::gated_activation, "gate"_a, "up"_a.none(), "activation"_a, nb::kw_only(),
+        "stream"_a = nb::none(),
+        "act(gate) * up; activation 0: silu, 1: tanh-approximated gelu. up None: gate's last axis is [gate | up].");
+  m.def("rotated_heads", &orchard_qmm::rotated_heads, "x"_a, "cos"_a, "sin"_a, "offsets"_a, "heads"_a, "kv_heads"_a,
+        "dims"_a, "traditional"_a = false, nb::kw_only(), "stream"_a = nb::none(),
+        "A joined q/k/v projection [B, L, (heads + 2 kv_heads) D] as (q, k, v) heads-first, q and k rotated by tables.");
   m.def("argmax", &orchard_qmm::argmax, "x"_a, nb::kw_only(), "stream"_a = nb::none(),
         "The index of each row's largest value over the last axis (uint32), like mx.argmax(x, axis=-1).");
   m.def("variants", &orchard_qmm::variant_names, "The instruction-set variants this CPU runs, best first.");

@@ -770,15 +770,16 @@ ORCHARD_CLONES void gated_row(const float* gate, const float* up, float* y, int 
 }
 
 struct GatedJob {
-  const mx::array *gate, *up;
+  const mx::array *gate, *up;  // up null: gate's rows are [gate | up] (a joined gate/up projection)
   float* out;
   int width, activation;
 };
 
 void gated_at(void* context, int64_t r) {
   const GatedJob& j = *static_cast<const GatedJob*>(context);
-  gated_row(j.gate->data<float>() + row_offset(*j.gate, r), j.up->data<float>() + row_offset(*j.up, r),
-            j.out + r * j.width, j.width, j.activation);
+  const float* gate = j.gate->data<float>() + row_offset(*j.gate, r);
+  const float* up = j.up ? j.up->data<float>() + row_offset(*j.up, r) : gate + j.width;
+  gated_row(gate, up, j.out + r * j.width, j.width, j.activation);
 }
 
 
@@ -789,14 +790,95 @@ class FusedGatedActivation : public SettingPrimitive {  // the setting: the acti
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     const int activation = setting_;
     dispatch(stream(), inputs, out, strided_rows, [activation](std::vector<mx::array>& in, mx::array& y) {
-      GatedJob j{&in[0], &in[1], y.data<float>(), in[0].shape(-1), activation};
-      for_rows(j.width ? static_cast<int64_t>(in[0].size()) / j.width : 0, in[0].size(), gated_at, &j);
+      GatedJob j{&in[0], in.size() > 1 ? &in[1] : nullptr, y.data<float>(), y.shape(-1), activation};
+      for_rows(j.width ? static_cast<int64_t>(y.size()) / j.width : 0, y.size(), gated_at, &j);
     });
   }
 
   const char* name() const override {
     return "OrchardGatedActivation";
   }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    mx::Shape shape = inputs[0].shape();
+    if (inputs.size() == 1) shape.back() /= 2;
+    return {shape};
+  }
+};
+
+// ------------------------------------------------------------------------------------------------
+// A joined q/k/v projection split into heads, q and k rotated: one operation where the layer would
+// run a split, three reshapes and two rotations (each with its own fixed cost at one token a step).
+
+struct HeadsJob {
+  const mx::array *x, *cos, *sin, *offsets;
+  float *q, *k, *v;
+  int L, H, kv_heads, D, dims;
+  bool traditional;
+};
+
+void heads_at(void* context, int64_t r) {  // r: one token of one row (b * L + l)
+  const HeadsJob& j = *static_cast<const HeadsJob*>(context);
+  const int64_t b = r / j.L, l = r % j.L;
+  const int64_t position = j.offsets->data<int32_t>()[j.offsets->size() > 1 ? b : 0] + l;
+  const float* row = j.x->data<float>() + row_offset(*j.x, r);
+  const int D = j.D;
+  auto at = [&](float* base, int heads, int h) { return base + ((b * heads + h) * j.L + l) * D; };
+  if (position < 0 || position >= j.cos->shape(0)) {
+    // As FusedRope: tables too short are the caller's mistake, made loud (NaN) rather than silent.
+    for (int h = 0; h < j.H; h++) std::fill(at(j.q, j.H, h), at(j.q, j.H, h) + D, std::numeric_limits<float>::quiet_NaN());
+    for (int h = 0; h < j.kv_heads; h++) {
+      std::fill(at(j.k, j.kv_heads, h), at(j.k, j.kv_heads, h) + D, std::numeric_limits<float>::quiet_NaN());
+    }
+  } else {
+    const float* c = j.cos->data<float>() + row_offset(*j.cos, position);
+    const float* s = j.sin->data<float>() + row_offset(*j.sin, position);
+    for (int h = 0; h < j.H; h++) rotate_row(row + h * D, c, s, at(j.q, j.H, h), j.dims, D, j.traditional);
+    for (int h = 0; h < j.kv_heads; h++) {
+      rotate_row(row + (j.H + h) * D, c, s, at(j.k, j.kv_heads, h), j.dims, D, j.traditional);
+    }
+  }
+  for (int h = 0; h < j.kv_heads; h++) {
+    std::memcpy(at(j.v, j.kv_heads, h), row + (j.H + j.kv_heads + h) * D, sizeof(float) * D);
+  }
+}
+
+class FusedRotatedHeads : public mx::Primitive {
+ public:
+  FusedRotatedHeads(mx::Stream stream, int heads, int kv_heads, int dims, bool traditional)
+      : mx::Primitive(stream), heads_(heads), kv_heads_(kv_heads), dims_(dims), traditional_(traditional) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const int heads = heads_, kv_heads = kv_heads_, dims = dims_;
+    const bool traditional = traditional_;
+    dispatch_outputs(stream(), inputs, outputs, strided_rows,
+                     [heads, kv_heads, dims, traditional](std::vector<mx::array>& in, std::vector<mx::array>& out) {
+                       const mx::array& x = in[0];
+                       HeadsJob j{&x, &in[1], &in[2], &in[3], out[0].data<float>(), out[1].data<float>(),
+                                  out[2].data<float>(), x.shape(1), heads, kv_heads, out[0].shape(3), dims, traditional};
+                       const int64_t tokens = static_cast<int64_t>(x.shape(0)) * x.shape(1);
+                       for_rows(tokens, x.size(), heads_at, &j);
+                     });
+  }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[orchard rotated_heads] runs on the CPU only");
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    const mx::array& x = inputs[0];
+    const int B = x.shape(0), L = x.shape(1), D = x.shape(2) / (heads_ + 2 * kv_heads_);
+    return {{B, heads_, L, D}, {B, kv_heads_, L, D}, {B, kv_heads_, L, D}};
+  }
+  const char* name() const override {
+    return "OrchardRotatedHeads";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    if (typeid(*this) != typeid(other)) return false;
+    const auto& o = static_cast<const FusedRotatedHeads&>(other);
+    return heads_ == o.heads_ && kv_heads_ == o.kv_heads_ && dims_ == o.dims_ && traditional_ == o.traditional_;
+  }
+
+ private:
+  int heads_, kv_heads_, dims_;
+  bool traditional_;
 };
 
 // Work (multiply-adds) below which one attention runs on the calling thread alone.
@@ -1030,16 +1112,55 @@ mx::array decode_attention(const mx::array& q, const mx::array& k, const mx::arr
                    inputs);
 }
 
-mx::array gated_activation(const mx::array& gate, const mx::array& up, int activation, mx::StreamOrDevice s) {
+mx::array gated_activation(const mx::array& gate, const std::optional<mx::array>& up, int activation,
+                           mx::StreamOrDevice s) {
   const char* op = "gated_activation";
   require_float32(op, "gate", gate);
-  require_float32(op, "up", up);
-  if (gate.shape() != up.shape() || gate.ndim() < 1) {
-    invalid(op, "gate " + shape_string(gate) + " and up " + shape_string(up) + " must have one shape");
-  }
   if (activation != kSilu && activation != kGeluTanh) invalid(op, "activation must be 0 (silu) or 1 (gelu_tanh)");
-  return mx::array(gate.shape(), mx::float32, std::make_shared<FusedGatedActivation>(cpu_stream(s, op), activation),
-                   {gate, up});
+  auto primitive = std::make_shared<FusedGatedActivation>(cpu_stream(s, op), activation);
+  if (!up) {  // gate's last axis is [gate | up]
+    if (gate.ndim() < 1 || gate.shape(-1) % 2) {
+      invalid(op, "a joined gate/up " + shape_string(gate) + " needs an even last axis");
+    }
+    mx::Shape shape = gate.shape();
+    shape.back() /= 2;
+    return mx::array(shape, mx::float32, primitive, {gate});
+  }
+  require_float32(op, "up", *up);
+  if (gate.shape() != up->shape() || gate.ndim() < 1) {
+    invalid(op, "gate " + shape_string(gate) + " and up " + shape_string(*up) + " must have one shape");
+  }
+  return mx::array(gate.shape(), mx::float32, primitive, {gate, *up});
+}
+
+std::vector<mx::array> rotated_heads(const mx::array& x, const mx::array& cos, const mx::array& sin,
+                                     const mx::array& offsets, int heads, int kv_heads, int dims, bool traditional,
+                                     mx::StreamOrDevice s) {
+  const char* op = "rotated_heads";
+  require_float32(op, "x", x);
+  require_float32(op, "cos", cos);
+  require_float32(op, "sin", sin);
+  if (heads < 1 || kv_heads < 1 || x.ndim() != 3 || x.shape(2) % (heads + 2 * kv_heads)) {
+    invalid(op, "x must be [B, L, (heads + 2 kv_heads) D] for " + std::to_string(heads) + " and " +
+                    std::to_string(kv_heads) + " heads, got " + shape_string(x));
+  }
+  const int D = x.shape(2) / (heads + 2 * kv_heads);
+  if (dims < 2 || dims % 2 || dims > D) {
+    invalid(op, "dims must be even and at most the head size " + std::to_string(D) + ", got " + std::to_string(dims));
+  }
+  if (cos.ndim() != 2 || cos.shape(1) != dims || sin.shape() != cos.shape()) {
+    invalid(op, "cos and sin must both be [positions, " + std::to_string(dims) + "], got " + shape_string(cos) +
+                    " and " + shape_string(sin));
+  }
+  if (offsets.dtype() != mx::int32 || offsets.ndim() != 1 ||
+      (offsets.size() != 1 && static_cast<int>(offsets.size()) != x.shape(0))) {
+    invalid(op, "offsets must be int32 [1] or [batch], got " + shape_string(offsets));
+  }
+  const int B = x.shape(0), L = x.shape(1);
+  return mx::array::make_arrays({{B, heads, L, D}, {B, kv_heads, L, D}, {B, kv_heads, L, D}},
+                                {mx::float32, mx::float32, mx::float32},
+                                std::make_shared<FusedRotatedHeads>(cpu_stream(s, op), heads, kv_heads, dims, traditional),
+                                {x, cos, sin, offsets});
 }
 
 mx::array softmax(const mx::array& x, int key_offset, mx::StreamOrDevice s) {

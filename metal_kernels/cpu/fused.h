@@ -7,6 +7,7 @@
 #pragma once
 
 #include <optional>
+#include <vector>
 
 #include "mlx/array.h"
 #include "mlx/utils.h"
@@ -38,9 +39,16 @@ mlx::core::array decode_attention(const mlx::core::array& q, const mlx::core::ar
 mlx::core::array softmax(const mlx::core::array& x, int key_offset, mlx::core::StreamOrDevice s);
 
 // act(gate) * up for the gated MLPs: `activation` 0 is SiLU (SwiGLU), 1 is tanh-approximated GELU
-// (GeGLU), both with the exp of mlxmodels/layers/cpu_math.py. gate and up have the same shape.
-mlx::core::array gated_activation(const mlx::core::array& gate, const mlx::core::array& up, int activation,
-                                  mlx::core::StreamOrDevice s);
+// (GeGLU), both with the exp of mlxmodels/layers/cpu_math.py. gate and up have the same shape; with
+// no `up`, gate's last axis holds [gate | up] (a joined projection's output, read without a split).
+mlx::core::array gated_activation(const mlx::core::array& gate, const std::optional<mlx::core::array>& up,
+                                  int activation, mlx::core::StreamOrDevice s);
+
+// A joined q/k/v projection's output x [B, L, (heads + 2 kv_heads) D] as q [B, heads, L, D] and k, v
+// [B, kv_heads, L, D], q and k rotated as `rope` does (same tables, offsets and dims), v copied.
+std::vector<mlx::core::array> rotated_heads(const mlx::core::array& x, const mlx::core::array& cos,
+                                            const mlx::core::array& sin, const mlx::core::array& offsets, int heads,
+                                            int kv_heads, int dims, bool traditional, mlx::core::StreamOrDevice s);
 
 // The index of each row's largest value over the last axis (uint32, the first of equal ones, a NaN
 // above every number), like mx.argmax(x, axis=-1).

@@ -42,13 +42,14 @@ inline void copy_strided(const mlx::core::array& src, mlx::core::array& dst) {
   }
 }
 
-// Schedules `compute(inputs, out)` on `stream`, `out` allocated. Inputs for which `needs_copy(input)`
-// holds (a layout the kernel cannot read) get a row-major copy there first, once their values exist.
+// Schedules `compute(inputs, outputs)` on `stream`, every output allocated. Inputs for which
+// `needs_copy(input)` holds (a layout the kernel cannot read) get a row-major copy there first, once
+// their values exist.
 template <typename NeedsCopy, typename Compute>
-void dispatch(mlx::core::Stream stream, const std::vector<mlx::core::array>& inputs, mlx::core::array& out,
-              NeedsCopy needs_copy, Compute compute) {
+void dispatch_outputs(mlx::core::Stream stream, const std::vector<mlx::core::array>& inputs,
+                      std::vector<mlx::core::array>& outputs, NeedsCopy needs_copy, Compute compute) {
   namespace mx = mlx::core;
-  out.set_data(mx::allocator::malloc(out.nbytes()));
+  for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& encoder = mx::cpu::get_command_encoder(stream);
   std::vector<mx::array> sources = inputs, usable;
   std::vector<bool> copied;
@@ -64,14 +65,25 @@ void dispatch(mlx::core::Stream stream, const std::vector<mlx::core::array>& inp
     encoder.add_temporary(copy);
   }
   for (const auto& in : inputs) encoder.set_input_array(in);
-  encoder.set_output_array(out);
-  encoder.dispatch([sources = std::move(sources), usable = std::move(usable), copied = std::move(copied), out,
-                    compute]() mutable {
+  for (auto& out : outputs) encoder.set_output_array(out);
+  encoder.dispatch([sources = std::move(sources), usable = std::move(usable), copied = std::move(copied),
+                    outs = outputs, compute]() mutable {
     for (size_t i = 0; i < sources.size(); i++) {
       if (copied[i]) copy_strided(sources[i], usable[i]);
     }
-    compute(usable, out);
+    compute(usable, outs);
   });
+}
+
+// `dispatch_outputs` for an operation with one output: `compute(inputs, out)`.
+template <typename NeedsCopy, typename Compute>
+void dispatch(mlx::core::Stream stream, const std::vector<mlx::core::array>& inputs, mlx::core::array& out,
+              NeedsCopy needs_copy, Compute compute) {
+  std::vector<mlx::core::array> outputs = {out};
+  dispatch_outputs(stream, inputs, outputs, needs_copy,
+                   [compute](std::vector<mlx::core::array>& in, std::vector<mlx::core::array>& outs) mutable {
+                     compute(in, outs[0]);
+                   });
 }
 
 // The CPU stream an operation is scheduled on (`s` as MLX's ops take it); `op` names the caller.

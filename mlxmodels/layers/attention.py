@@ -89,9 +89,14 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, cache=None) -> mx.array:
         B, L, _ = x.shape
+        offset = cache.offset if cache is not None else 0
         if "qkv_proj" in self:
+            qkv = self.qkv_proj(x)
+            if self._plain_rope() and (heads := ops.rotated_heads(
+                    qkv, self.num_heads, self.num_kv_heads, self.rope, offset)) is not None:
+                return self._attend_heads(*heads, cache, B, L)
             q_size = self.num_heads * self.head_dim * (2 if self.output_gate else 1)
-            q, k, v = mx.split(self.qkv_proj(x), [q_size, q_size + self.num_kv_heads * self.head_dim], axis=-1)
+            q, k, v = mx.split(qkv, [q_size, q_size + self.num_kv_heads * self.head_dim], axis=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.output_gate:
@@ -114,12 +119,22 @@ class Attention(nn.Module):
         if L > 1:
             q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
 
-        offset = cache.offset if cache is not None else 0
         if self.rope is not None:
             q = self.rope(q, offset=offset)
             k = self.rope(k, offset=offset)
         if self.query_temperature is not None:
             q = self._temper(q, offset)
+        return self._attend_heads(q, k, v, cache, B, L, gate if self.output_gate else None)
+
+    def _plain_rope(self) -> bool:
+        """Whether the heads get RoPE and nothing else (no q/k norms, clipping, output gate or query
+        temperature): from a joined projection, `ops.rotated_heads` may then make them in one operation."""
+        return (self.rope is not None and self.qk_norm is None and self.clip_qkv is None
+                and not self.output_gate and self.query_temperature is None)
+
+    def _attend_heads(self, q, k, v, cache, B: int, L: int, gate: mx.array | None = None) -> mx.array:
+        """The rest of the layer from heads-first q [B, H, L, D] and k, v [B, H_kv, L, D]: the cache,
+        the mask, attention, the output gate and projection."""
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
             mask = cache.mask(L)
@@ -135,7 +150,7 @@ class Attention(nn.Module):
         else:
             out = self._attend(q, k, v, mask)
         out = out.reshape(B, L, -1) if L == 1 else out.transpose(0, 2, 1, 3).reshape(B, L, -1)
-        if self.output_gate:
+        if gate is not None:
             out = out * mx.sigmoid(gate.reshape(B, L, -1))
         return self.o_proj(out)
 

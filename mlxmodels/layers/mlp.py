@@ -25,7 +25,7 @@ def activation(name: str):
 
 
 def gated_activation(name: str):
-    """The function (gate, up) -> act(gate) * up for activation `name`."""
+    """The function (gate, up) -> act(gate) * up for activation `name` (`up` None: gate is [gate | up])."""
     return ops.gated(activation(name), name)
 
 
@@ -56,7 +56,7 @@ class GatedMLP(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         if "gate_up_proj" in self:
-            return self.down_proj(self.gated(*mx.split(self.gate_up_proj(x), 2, axis=-1)))
+            return self.down_proj(self.gated(self.gate_up_proj(x)))  # [gate | up]: no split needed
         return self.down_proj(self.gated(self.gate_proj(x), self.up_proj(x)))
 
 

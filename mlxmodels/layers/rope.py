@@ -205,17 +205,23 @@ class RoPE(nn.Module):
         self._table_sets[long] = tables
         return tables
 
-    def _rotate_with_tables(self, x: mx.array, offset: int | mx.array) -> mx.array:
-        L = x.shape[-2]
+    def table_args(self, L: int, offset: int | mx.array) -> tuple | None:
+        """(cos, sin, starts) that rotate L tokens from `offset` (an int, or [B] per row) by tables, as
+        the CPU path does; None where this rotation has no table form (dynamic NTK, or LongRoPE with
+        per-row positions, which rotates row by row)."""
+        if self.rope_type == "dynamic" or (isinstance(offset, mx.array) and self._long_periods is not None):
+            return None
         if isinstance(offset, mx.array):  # per-row positions
             # tolist() reads the (evaluated) offsets; mx.max would wait for queued work to finish.
-            tables = self._tables(max(offset.tolist()) + L)
-            starts = offset.astype(mx.int32)
-        else:
-            tables = self._tables(offset + L, self._uses_long_factors(offset + L))
-            starts = mx.array([offset], dtype=mx.int32)
-        return ops.rotate_by_tables(x, *tables, starts, self.dims, self.traditional,
-                                    lambda: self._rotate_composed(x, offset, *tables))
+            cos, sin = self._tables(max(offset.tolist()) + L)
+            return cos, sin, offset.astype(mx.int32)
+        cos, sin = self._tables(offset + L, self._uses_long_factors(offset + L))
+        return cos, sin, mx.array([offset], dtype=mx.int32)
+
+    def _rotate_with_tables(self, x: mx.array, offset: int | mx.array) -> mx.array:
+        cos, sin, starts = self.table_args(x.shape[-2], offset)
+        return ops.rotate_by_tables(x, cos, sin, starts, self.dims, self.traditional,
+                                    lambda: self._rotate_composed(x, offset, cos, sin))
 
     def _rotate_composed(self, x: mx.array, offset: int | mx.array, cos: mx.array, sin: mx.array) -> mx.array:
         L = x.shape[-2]
