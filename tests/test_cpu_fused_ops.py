@@ -41,6 +41,20 @@ def test_rms_norm_matches_mlx(ops, shape, weighted):
     assert _max_diff(ops.rms_norm(x, w, 1e-5), mx.fast.rms_norm(x, w, 1e-5)) < TOL
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 576), (3, 5, 640)])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_add_rms_norm_gives_the_add_and_the_norm_of_it(ops, shape, weighted):
+    x = mx.random.normal(shape, key=mx.random.key(21)) * 3
+    delta = mx.random.normal(shape, key=mx.random.key(22))
+    w = mx.random.normal(shape[-1:], key=mx.random.key(23)) if weighted else None
+    h, normed = ops.add_rms_norm(x, delta, w, 1e-5)
+    assert _max_diff(h, x + delta) == 0.0  # the same float32 add
+    assert _max_diff(normed, mx.fast.rms_norm(x + delta, w, 1e-5)) < TOL
+    assert _max_diff(normed, ops.rms_norm(x + delta, w, 1e-5)) == 0.0  # the separate op's result, to the bit
+    with pytest.raises(ValueError, match="must have one shape"):
+        ops.add_rms_norm(x, delta[..., :-1], None, 1e-5)
+
+
 def test_rms_norm_reads_strided_views(ops):
     x = mx.random.normal((2, 7, 4, 64), key=mx.random.key(3)).transpose(0, 2, 1, 3)
     assert _max_diff(ops.rms_norm(x, None, 1e-6), mx.fast.rms_norm(x, None, 1e-6)) < TOL
@@ -134,6 +148,10 @@ def test_decode_attention_matches_mlx(ops, B, H, H_kv, S, D, kv_dtype):
     sinks = mx.random.normal((H,), key=mx.random.key(11))
     got = ops.decode_attention(q, k, v, 0.125, None, sinks)
     assert _max_diff(got, reference(q, k, v, scale=0.125, sinks=sinks)) < TOL
+    # Flat: shaped [B, 1, H * Dv] as the output projection reads it, the same values.
+    flat = ops.decode_attention(q, k, v, 0.125, allowed, flat=True)
+    assert flat.shape == (B, 1, H * D)
+    assert _max_diff(flat, reference(q, k, v, scale=0.125, mask=allowed).reshape(B, 1, H * D)) < TOL
 
 
 @pytest.fixture

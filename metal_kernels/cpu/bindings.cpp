@@ -27,11 +27,14 @@ NB_MODULE(_qmm, m) {
         "bits"_a = 4, nb::kw_only(), "stream"_a = nb::none(), "dequantize(w, scales, biases) in float32.");
   m.def("rms_norm", &orchard_qmm::rms_norm, "x"_a, "weight"_a = nb::none(), "eps"_a = 1e-6f, nb::kw_only(),
         "stream"_a = nb::none(), "x * rsqrt(mean(x^2, -1) + eps) * weight as one operation (float32).");
+  m.def("add_rms_norm", &orchard_qmm::add_rms_norm, "x"_a, "delta"_a, "weight"_a = nb::none(), "eps"_a = 1e-6f,
+        nb::kw_only(), "stream"_a = nb::none(),
+        "(x + delta, rms_norm(x + delta) * weight) as one operation (float32): a residual add and the next norm.");
   m.def("rope", &orchard_qmm::rope, "x"_a, "cos"_a, "sin"_a, "offsets"_a, "dims"_a, "traditional"_a = false,
         nb::kw_only(), "stream"_a = nb::none(),
         "Rotary embedding of x [..., L, D] from [positions, dims] cos/sin tables, token l of row b at offsets[b] + l.");
   m.def("decode_attention", &orchard_qmm::decode_attention, "q"_a, "k"_a, "v"_a, "scale"_a, "mask"_a = nb::none(),
-        "sinks"_a = nb::none(), nb::kw_only(), "stream"_a = nb::none(),
+        "sinks"_a = nb::none(), nb::kw_only(), "flat"_a = false, "stream"_a = nb::none(),
         "softmax(q k^T * scale + mask) v for one query per head, grouped-query heads sharing KV heads.");
   m.def("softmax", &orchard_qmm::softmax, "x"_a, "key_offset"_a = -1, nb::kw_only(), "stream"_a = nb::none(),
         "softmax over the last axis; key_offset >= 0: causal [..., L, S] scores, row l seeing keys <= l + key_offset.");

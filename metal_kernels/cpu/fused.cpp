@@ -84,6 +84,15 @@ class FusedPrimitive : public mx::UnaryPrimitive {
   }
 };
 
+// The same for the primitives with several outputs (each declares its own shapes).
+class FusedOutputsPrimitive : public mx::Primitive {
+ public:
+  using mx::Primitive::Primitive;
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error(std::string("[orchard ") + name() + "] runs on the CPU only");
+  }
+};
+
 // A row-wise primitive with one integer setting.
 class SettingPrimitive : public FusedPrimitive {
  public:
@@ -136,6 +145,49 @@ class FusedRMSNorm : public FusedPrimitive {
   }
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto& o = static_cast<const FusedRMSNorm&>(other);
+    return eps_ == o.eps_ && weighted_ == o.weighted_;
+  }
+
+ private:
+  float eps_;
+  bool weighted_;
+};
+
+// The residual add and the norm after it (x + delta, then that sum normalised): one operation with
+// both results, where a layer would run an add and a norm. The sum is stored first and normalised
+// from memory by norm_row, so both results are those of the two operations to the bit.
+class FusedAddRMSNorm : public FusedOutputsPrimitive {
+ public:
+  FusedAddRMSNorm(mx::Stream stream, float eps, bool weighted)
+      : FusedOutputsPrimitive(stream), eps_(eps), weighted_(weighted) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const float eps = eps_;
+    const bool weighted = weighted_;
+    dispatch_outputs(stream(), inputs, outputs, strided_rows,
+                     [eps, weighted](std::vector<mx::array>& in, std::vector<mx::array>& out) {
+                       const mx::array &x = in[0], &delta = in[1];
+                       const int D = x.shape(-1);
+                       const int64_t rows = D ? static_cast<int64_t>(x.size()) / D : 0;
+                       const float* w = weighted ? in[2].data<float>() : nullptr;
+                       for (int64_t r = 0; r < rows; r++) {
+                         const float* a = x.data<float>() + row_offset(x, r);
+                         const float* b = delta.data<float>() + row_offset(delta, r);
+                         float* sum = out[0].data<float>() + r * D;
+                         for (int i = 0; i < D; i++) sum[i] = a[i] + b[i];
+                         norm_row(sum, w, out[1].data<float>() + r * D, D, eps);
+                       }
+                     });
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape(), inputs[0].shape()};
+  }
+  const char* name() const override {
+    return "OrchardAddRMSNorm";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    if (typeid(*this) != typeid(other)) return false;
+    const auto& o = static_cast<const FusedAddRMSNorm&>(other);
     return eps_ == o.eps_ && weighted_ == o.weighted_;
   }
 
@@ -825,10 +877,9 @@ void heads_at(void* context, int64_t r) {  // r: one token of one row (b * L + l
   auto at = [&](float* base, int heads, int h) { return base + ((b * heads + h) * j.L + l) * D; };
   if (position < 0 || position >= j.cos->shape(0)) {
     // As FusedRope: tables too short are the caller's mistake, made loud (NaN) rather than silent.
-    for (int h = 0; h < j.H; h++) std::fill(at(j.q, j.H, h), at(j.q, j.H, h) + D, std::numeric_limits<float>::quiet_NaN());
-    for (int h = 0; h < j.kv_heads; h++) {
-      std::fill(at(j.k, j.kv_heads, h), at(j.k, j.kv_heads, h) + D, std::numeric_limits<float>::quiet_NaN());
-    }
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (int h = 0; h < j.H; h++) std::fill(at(j.q, j.H, h), at(j.q, j.H, h) + D, nan);
+    for (int h = 0; h < j.kv_heads; h++) std::fill(at(j.k, j.kv_heads, h), at(j.k, j.kv_heads, h) + D, nan);
   } else {
     const float* c = j.cos->data<float>() + row_offset(*j.cos, position);
     const float* s = j.sin->data<float>() + row_offset(*j.sin, position);
@@ -842,10 +893,10 @@ void heads_at(void* context, int64_t r) {  // r: one token of one row (b * L + l
   }
 }
 
-class FusedRotatedHeads : public mx::Primitive {
+class FusedRotatedHeads : public FusedOutputsPrimitive {
  public:
   FusedRotatedHeads(mx::Stream stream, int heads, int kv_heads, int dims, bool traditional)
-      : mx::Primitive(stream), heads_(heads), kv_heads_(kv_heads), dims_(dims), traditional_(traditional) {}
+      : FusedOutputsPrimitive(stream), heads_(heads), kv_heads_(kv_heads), dims_(dims), traditional_(traditional) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const int heads = heads_, kv_heads = kv_heads_, dims = dims_;
@@ -854,13 +905,11 @@ class FusedRotatedHeads : public mx::Primitive {
                      [heads, kv_heads, dims, traditional](std::vector<mx::array>& in, std::vector<mx::array>& out) {
                        const mx::array& x = in[0];
                        HeadsJob j{&x, &in[1], &in[2], &in[3], out[0].data<float>(), out[1].data<float>(),
-                                  out[2].data<float>(), x.shape(1), heads, kv_heads, out[0].shape(3), dims, traditional};
+                                  out[2].data<float>(), x.shape(1), heads, kv_heads, out[0].shape(3), dims,
+                                  traditional};
                        const int64_t tokens = static_cast<int64_t>(x.shape(0)) * x.shape(1);
                        for_rows(tokens, x.size(), heads_at, &j);
                      });
-  }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[orchard rotated_heads] runs on the CPU only");
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     const mx::array& x = inputs[0];
@@ -888,8 +937,8 @@ constexpr int kMinChunkKeys = 128;
 
 class FusedDecodeAttention : public FusedPrimitive {
  public:
-  FusedDecodeAttention(mx::Stream stream, float scale, int mask_kind, bool sinks)
-      : FusedPrimitive(stream), scale_(scale), mask_kind_(mask_kind), sinks_(sinks) {}
+  FusedDecodeAttention(mx::Stream stream, float scale, int mask_kind, bool sinks, bool flat)
+      : FusedPrimitive(stream), scale_(scale), mask_kind_(mask_kind), sinks_(sinks), flat_(flat) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     const float scale = scale_;
@@ -950,16 +999,19 @@ class FusedDecodeAttention : public FusedPrimitive {
   }
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto& o = static_cast<const FusedDecodeAttention&>(other);
-    return scale_ == o.scale_ && mask_kind_ == o.mask_kind_ && sinks_ == o.sinks_;
+    return scale_ == o.scale_ && mask_kind_ == o.mask_kind_ && sinks_ == o.sinks_ && flat_ == o.flat_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {{inputs[0].shape(0), inputs[0].shape(1), 1, inputs[2].shape(3)}};
+    const int B = inputs[0].shape(0), H = inputs[0].shape(1), Dv = inputs[2].shape(3);
+    if (flat_) return {{B, 1, H * Dv}};
+    return {{B, H, 1, Dv}};
   }
 
  private:
   float scale_;
   int mask_kind_;
   bool sinks_;
+  bool flat_;  // the output declared [B, 1, H * Dv]: the same memory as [B, H, 1, Dv]
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -1045,6 +1097,26 @@ mx::array rms_norm(const mx::array& x, const std::optional<mx::array>& weight, f
                    inputs);
 }
 
+std::vector<mx::array> add_rms_norm(const mx::array& x, const mx::array& delta, const std::optional<mx::array>& weight,
+                                    float eps, mx::StreamOrDevice s) {
+  const char* op = "add_rms_norm";
+  require_float32(op, "x", x);
+  require_float32(op, "delta", delta);
+  if (x.ndim() < 1 || delta.shape() != x.shape()) {
+    invalid(op, "x " + shape_string(x) + " and delta " + shape_string(delta) + " must have one shape");
+  }
+  std::vector<mx::array> inputs = {x, delta};
+  if (weight) {
+    require_float32(op, "weight", *weight);
+    if (weight->ndim() != 1 || weight->shape(0) != x.shape(-1)) {
+      invalid(op, "weight " + shape_string(*weight) + " does not match x's last axis " + std::to_string(x.shape(-1)));
+    }
+    inputs.push_back(*weight);
+  }
+  return mx::array::make_arrays({x.shape(), x.shape()}, {mx::float32, mx::float32},
+                                std::make_shared<FusedAddRMSNorm>(cpu_stream(s, op), eps, weight.has_value()), inputs);
+}
+
 mx::array rope(const mx::array& x, const mx::array& cos, const mx::array& sin, const mx::array& offsets, int dims,
                bool traditional, mx::StreamOrDevice s) {
   const char* op = "rope";
@@ -1069,7 +1141,7 @@ mx::array rope(const mx::array& x, const mx::array& cos, const mx::array& sin, c
 }
 
 mx::array decode_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
-                           const std::optional<mx::array>& mask, const std::optional<mx::array>& sinks,
+                           const std::optional<mx::array>& mask, const std::optional<mx::array>& sinks, bool flat,
                            mx::StreamOrDevice s) {
   const char* op = "decode_attention";
   require_float32(op, "q", q);
@@ -1107,8 +1179,9 @@ mx::array decode_attention(const mx::array& q, const mx::array& k, const mx::arr
     if (sinks->ndim() != 1 || sinks->shape(0) != H) invalid(op, "sinks must be [H], got " + shape_string(*sinks));
     inputs.push_back(*sinks);
   }
-  return mx::array({B, H, 1, v.shape(3)}, mx::float32,
-                   std::make_shared<FusedDecodeAttention>(cpu_stream(s, op), scale, mask_kind, sinks.has_value()),
+  const mx::Shape shape = flat ? mx::Shape{B, 1, H * v.shape(3)} : mx::Shape{B, H, 1, v.shape(3)};
+  return mx::array(shape, mx::float32,
+                   std::make_shared<FusedDecodeAttention>(cpu_stream(s, op), scale, mask_kind, sinks.has_value(), flat),
                    inputs);
 }
 
@@ -1157,10 +1230,9 @@ std::vector<mx::array> rotated_heads(const mx::array& x, const mx::array& cos, c
     invalid(op, "offsets must be int32 [1] or [batch], got " + shape_string(offsets));
   }
   const int B = x.shape(0), L = x.shape(1);
+  auto primitive = std::make_shared<FusedRotatedHeads>(cpu_stream(s, op), heads, kv_heads, dims, traditional);
   return mx::array::make_arrays({{B, heads, L, D}, {B, kv_heads, L, D}, {B, kv_heads, L, D}},
-                                {mx::float32, mx::float32, mx::float32},
-                                std::make_shared<FusedRotatedHeads>(cpu_stream(s, op), heads, kv_heads, dims, traditional),
-                                {x, cos, sin, offsets});
+                                {mx::float32, mx::float32, mx::float32}, primitive, {x, cos, sin, offsets});
 }
 
 mx::array softmax(const mx::array& x, int key_offset, mx::StreamOrDevice s) {

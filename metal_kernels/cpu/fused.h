@@ -18,6 +18,12 @@ namespace orchard_qmm {
 mlx::core::array rms_norm(const mlx::core::array& x, const std::optional<mlx::core::array>& weight, float eps,
                           mlx::core::StreamOrDevice s);
 
+// (x + delta, rms_norm(x + delta, weight, eps)): a residual add and the norm after it, both results of
+// one operation, each what the two operations give. x and delta have one shape.
+std::vector<mlx::core::array> add_rms_norm(const mlx::core::array& x, const mlx::core::array& delta,
+                                           const std::optional<mlx::core::array>& weight, float eps,
+                                           mlx::core::StreamOrDevice s);
+
 // Rotary embedding from tables: for x [..., L, D] whose token l of batch row b sits at position
 // offsets[b] + l (offsets [1] or [x.shape(0)], int32), the first `dims` features become
 // x * cos[p] + swap(x) * sin[p] (swap: the halves exchanged, or each pair's two values when
@@ -28,10 +34,12 @@ mlx::core::array rope(const mlx::core::array& x, const mlx::core::array& cos, co
 // softmax(q k^T * scale + mask) v for one query per head: q [B, H, 1, D], k [B, H_kv, S, D],
 // v [B, H_kv, S, Dv] (H a multiple of H_kv: grouped-query heads share their KV head). `mask`
 // broadcasts to [B, 1, 1, S]: bool (true: attend) or float32 (added to the scores). `sinks` [H]: a
-// logit per head that joins the softmax's denominator with no value (gpt-oss).
+// logit per head that joins the softmax's denominator with no value (gpt-oss). `flat`: the result
+// shaped [B, 1, H * Dv] (what an output projection reads: the same memory) instead of [B, H, 1, Dv].
 mlx::core::array decode_attention(const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v,
                                   float scale, const std::optional<mlx::core::array>& mask,
-                                  const std::optional<mlx::core::array>& sinks, mlx::core::StreamOrDevice s);
+                                  const std::optional<mlx::core::array>& sinks, bool flat,
+                                  mlx::core::StreamOrDevice s);
 
 // softmax over the last axis, like mx.softmax, with exp16's exact zero for masked (-inf) scores.
 // key_offset >= 0: x is [..., L, S] causal scores, row l seeing keys s <= l + key_offset (the rest

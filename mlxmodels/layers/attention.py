@@ -146,10 +146,9 @@ class Attention(nn.Module):
             mask = "causal" if L > 1 else None
 
         if isinstance(k, tuple):  # a QuantizedKVCache hands back (packed, scales, biases)
-            out = self._attend_quantized(q, k, v, mask, cache)
+            out = ops.flatten_heads(self._attend_quantized(q, k, v, mask, cache), B, L)
         else:
-            out = self._attend(q, k, v, mask)
-        out = out.reshape(B, L, -1) if L == 1 else out.transpose(0, 2, 1, 3).reshape(B, L, -1)
+            out = self._attend(q, k, v, mask, flat=True)
         if gate is not None:
             out = out * mx.sigmoid(gate.reshape(B, L, -1))
         return self.o_proj(out)
@@ -172,5 +171,6 @@ class Attention(nn.Module):
         return ops.quantized_attention(q, k, v, self.scale, cache.bits, cache.group_size, mask,
                                        self.logit_softcap, self.get("sinks"))
 
-    def _attend(self, q, k, v, mask):
-        return ops.attention(q, k, v, self.scale, mask, self.logit_softcap, self.get("sinks"))
+    def _attend(self, q, k, v, mask, flat: bool = False):
+        """[B, H, L, Dv], or with `flat` [B, L, H * Dv] (see `ops.attention`)."""
+        return ops.attention(q, k, v, self.scale, mask, self.logit_softcap, self.get("sinks"), flat=flat)

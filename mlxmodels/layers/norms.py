@@ -15,6 +15,13 @@ class RMSNorm(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         return ops.rms_norm(x, self.weight, self.eps)
 
+    def add_and_norm(self, x: mx.array, delta: mx.array) -> tuple[mx.array, mx.array]:
+        """(x + delta, this norm of it): a residual add and the norm after it, one operation on the CPU."""
+        return ops.add_rms_norm(x, delta, self._scale(), self.eps)
+
+    def _scale(self) -> mx.array:
+        return self.weight
+
 
 class OffsetRMSNorm(RMSNorm):
     """Gemma stores the norm weight as an offset from one: the scale is `1 + weight`."""
@@ -47,3 +54,6 @@ class UnitRMSNorm(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return ops.rms_norm(x, None, self.eps)
+
+    def add_and_norm(self, x: mx.array, delta: mx.array) -> tuple[mx.array, mx.array]:
+        return ops.add_rms_norm(x, delta, None, self.eps)

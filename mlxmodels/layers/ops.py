@@ -48,6 +48,16 @@ def rms_norm(x: mx.array, weight: mx.array | None, eps: float) -> mx.array:
     return mx.fast.rms_norm(x, weight, eps)
 
 
+def add_rms_norm(x: mx.array, delta: mx.array, weight: mx.array | None, eps: float) -> tuple[mx.array, mx.array]:
+    """(h, rms_norm(h)) for h = x + delta: a residual add and the norm after it, as one native operation
+    on the CPU (each result what the two operations give, to the bit), else the two."""
+    if (_fused(x) and delta.dtype == mx.float32 and delta.shape == x.shape
+            and (weight is None or weight.dtype == mx.float32)):
+        return tuple(native.module().add_rms_norm(x, delta, weight, eps))
+    h = x + delta
+    return h, rms_norm(h, weight, eps)
+
+
 def argmax(x: mx.array) -> mx.array:
     """The index of each row's largest value over the last axis, as mx.argmax(x, axis=-1) (uint32, the
     first of equal values, a NaN above every number): one native operation on the CPU, where MLX's
@@ -72,15 +82,30 @@ def _decode_mask_fits(mask, batch: int, keys: int) -> bool:
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None, softcap: float | None = None,
-              sinks: mx.array | None = None) -> mx.array:
+              sinks: mx.array | None = None, flat: bool = False) -> mx.array:
     """Scaled dot-product attention, queries [B, H, L, D] over keys and values [B, H_kv, S, D]
     (grouped-query when H_kv < H). `mask`: None, "causal", or a boolean/additive array that
     broadcasts to the scores (a batch's per-row [B, 1, L, S] included); `softcap`: Gemma 2's tanh
-    cap on the scores; `sinks`: gpt-oss's per-head sink logits."""
+    cap on the scores; `sinks`: gpt-oss's per-head sink logits. The result is [B, H, L, Dv], or with
+    `flat` [B, L, H * Dv], what an output projection reads (the native decode gives that shape
+    directly: one operation fewer per layer and token)."""
     if (q.shape[2] == 1 and softcap is None and _fused(q) and k.dtype == v.dtype and k.dtype in _NATIVE_KV
             and _decode_mask_fits(mask, q.shape[0], k.shape[2])
             and (sinks is None or sinks.dtype == mx.float32)):
-        return native.module().decode_attention(q, k, v, scale, None if isinstance(mask, str) else mask, sinks)
+        return native.module().decode_attention(q, k, v, scale, None if isinstance(mask, str) else mask, sinks,
+                                                flat=flat)
+    out = _attention(q, k, v, scale, mask, softcap, sinks)
+    return flatten_heads(out, q.shape[0], q.shape[2]) if flat else out
+
+
+def flatten_heads(out: mx.array, B: int, L: int) -> mx.array:
+    """Attention's [B, H, L, Dv] as [B, L, H * Dv] (for one token a reshape of the same memory, whatever
+    the heads' layout: a kernel may hand back [B, H, Dv])."""
+    return out.reshape(B, L, -1) if L == 1 else out.transpose(0, 2, 1, 3).reshape(B, L, -1)
+
+
+def _attention(q, k, v, scale, mask, softcap, sinks):
+    """`attention` off the native one-query path."""
     if k.dtype != q.dtype:  # a float16 cache (kv_bits 16) under float32 queries, off the native path
         k, v = k.astype(q.dtype), v.astype(q.dtype)
     if cpu_math.enabled(q):

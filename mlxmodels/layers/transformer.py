@@ -34,10 +34,20 @@ class DecoderLayer(nn.Module):
             h = x + self.post_attention_layernorm(self.self_attn(x, cache))
             return h + self.post_feedforward_layernorm(self.mlp(h))
         if self.sandwich:
-            h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cache))
-            return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
-        h = x + self.self_attn(self.input_layernorm(x), cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+            h, normed = _add_and_norm(self.pre_feedforward_layernorm, x,
+                                      self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cache)))
+            return h + self.post_feedforward_layernorm(self.mlp(normed))
+        h, normed = _add_and_norm(self.post_attention_layernorm, x, self.self_attn(self.input_layernorm(x), cache))
+        return h + self.mlp(normed)
+
+
+def _add_and_norm(norm: nn.Module, x: mx.array, delta: mx.array) -> tuple[mx.array, mx.array]:
+    """(x + delta, norm(x + delta)): one operation where the norm has a fused form (RMSNorm's kinds)."""
+    fused = getattr(norm, "add_and_norm", None)
+    if fused is not None:
+        return fused(x, delta)
+    h = x + delta
+    return h, norm(h)
 
 
 class DecoderStack(nn.Module):
