@@ -13,13 +13,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def __call__(self, x: mx.array) -> mx.array:
-        return ops.rms_norm(x, self.weight, self.eps)
+        return ops.rms_norm(x, self._scale(), self.eps)
 
     def add_and_norm(self, x: mx.array, delta: mx.array) -> tuple[mx.array, mx.array]:
         """(x + delta, this norm of it): a residual add and the norm after it, one operation on the CPU."""
         return ops.add_rms_norm(x, delta, self._scale(), self.eps)
 
     def _scale(self) -> mx.array:
+        """What x is multiplied by after normalising."""
         return self.weight
 
 
@@ -29,9 +30,6 @@ class OffsetRMSNorm(RMSNorm):
     def __init__(self, dims: int, eps: float = 1e-6):
         super().__init__(dims, eps)
         self.weight = mx.zeros((dims,))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return ops.rms_norm(x, self._scale(), self.eps)
 
     def _scale(self) -> mx.array:
         """`1 + weight`, computed once per weight array rather than once per call (a decode step
@@ -56,4 +54,5 @@ class UnitRMSNorm(nn.Module):
         return ops.rms_norm(x, None, self.eps)
 
     def add_and_norm(self, x: mx.array, delta: mx.array) -> tuple[mx.array, mx.array]:
+        """(x + delta, this norm of it), as RMSNorm's."""
         return ops.add_rms_norm(x, delta, None, self.eps)
